@@ -1,0 +1,45 @@
+"""Events: what happened, in order, for logs, bundles and the TUI.
+
+Every event has a sequence number, a time (seconds since engine start), a kind
+and a flat JSON-able payload. Kinds and their payload keys:
+
+- ``load`` / ``unload``: model, source, family, params, n_layers, seconds
+- ``layer_move``: model, layer, what (weights|kv), direction (h2d|d2h), bytes,
+  seconds, gbps, reason (residency|preempt|resume|mode)
+- ``residency``: model, residency, resident_layers (list), mode
+- ``mode`` / ``prefetch``: model, mode / prefetch
+- ``preempt``: model, kv, weights, kv_out_s, kv_out_bytes, release_s,
+  release_bytes, freed_bytes, at_tokens
+- ``resume``: model, the full PhaseReport fields (all four phases + recompute)
+- ``request_start``: model, request, workload, prompt_tokens, queue_s
+- ``request_finish``: model, request, workload, prompt_tokens, new_tokens,
+  digest (sha1 of the generated token ids), ttft_s, tpot_s, e2e_s, queue_s, reason
+  (eos|length|cancelled)
+- ``workload_start`` / ``workload_done`` / ``workload_cancel``: workload, model, ...
+- ``policy``: policy;  ``device_options``: link, link_gbps, memory_gib, host_slowdown
+- ``note``: text
+- ``refused``: command (action), reason (the one-line message)
+- ``error``: where, message (an internal failure caught by the worker)
+- ``command``: the executed command as a dict (the recording)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    t: float
+    kind: str
+    data: dict[str, Any]
+
+    @property
+    def model(self) -> str | None:
+        return self.data.get("model")
+
+    def to_json(self) -> str:
+        return json.dumps({"seq": self.seq, "t": round(self.t, 6), "kind": self.kind, **self.data})
