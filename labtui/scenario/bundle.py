@@ -1,0 +1,224 @@
+"""Result bundles: the folder a run writes, and a reader that survives a killed run.
+
+Layout (DESIGN.md, "Result bundle"):
+
+- ``scenario.toml``  the scenario as run (--quick/--device applied, noted on top)
+- ``env.json``       eng.env_info() + labtui version, argv, start time
+- ``events.jsonl``   one JSON object per line, flushed as it happens; every line
+                     has ``point``, ``rep`` and ``phase`` (setup|warmup|run) besides
+                     the engine event; the runner adds ``point_start``/``point_end``
+- ``metrics.csv``    snapshots sampled every SAMPLE_S, one row per model, flushed
+- ``summary.json``   written last (also on Ctrl-C, marked interrupted)
+
+Because every line is flushed whole, SIGKILL leaves valid lines up to the last
+complete one; the reader skips a torn last line and says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labtui.errors import LabError, one_line
+
+METRICS_COLUMNS = (
+    "t", "model", "state", "residency", "resident_layers", "mode", "tok_s", "tok_s_overall",
+    "tokens", "accel_weights_bytes", "accel_kv_bytes", "host_bytes", "queued", "running",
+    "completed", "device_used_bytes", "point", "rep",
+)  # fmt: skip
+SAMPLE_S = 0.25
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(o)
+    if hasattr(o, "model_dump"):
+        return o.model_dump(mode="json")
+    if isinstance(o, set | tuple):
+        return list(o)
+    return str(o)
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    return json.dumps(obj, default=_json_default, **kw)
+
+
+class BundleWriter:
+    """Creates the bundle folder (refusing to overwrite results) and writes its files."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise LabError(f"{self.path}: exists and is not an empty folder; results are never "
+                           "overwritten, give another --out")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._events = open(self.path / "events.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+            self._metrics_fh = open(self.path / "metrics.csv", "w", encoding="utf-8", newline="")  # noqa: SIM115
+        except OSError as e:
+            raise LabError(f"cannot write the bundle to {self.path}: {one_line(e.strerror or e)}; "
+                           "give a writable --out folder") from None
+        self._metrics = csv.writer(self._metrics_fh)
+        self._metrics.writerow(METRICS_COLUMNS)
+        self._metrics_fh.flush()
+        self._lock = threading.Lock()
+
+    def write_text(self, name: str, text: str) -> None:
+        # tmp + rename: a reader never sees half a file.
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.path / name)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.write_text(name, dumps(obj, indent=2) + "\n")
+
+    def event(self, record: dict) -> None:
+        line = dumps(record)
+        with self._lock:
+            if not self._events.closed:
+                self._events.write(line + "\n")
+                self._events.flush()
+
+    def metric_rows(self, rows: list[dict]) -> None:
+        with self._lock:
+            if self._metrics_fh.closed:
+                return
+            for r in rows:
+                self._metrics.writerow([_cell(r.get(c)) for c in METRICS_COLUMNS])
+            self._metrics_fh.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._events.close()
+            self._metrics_fh.close()
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
+
+
+# ---------------------------------------------------------------------------
+# reading
+
+
+@dataclass
+class Bundle:
+    path: Path
+    scenario_text: str | None = None
+    env: dict | None = None
+    events: list[dict] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    summary: dict | None = None
+    notes: list[str] = field(default_factory=list)  # what is missing or damaged
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None and not self.summary.get("interrupted")
+
+
+def read_bundle(path: str | os.PathLike) -> Bundle:
+    p = Path(path)
+    if not p.is_dir():
+        raise LabError(f"{p}: not a bundle folder; give the folder `labtui run` wrote "
+                       "(with events.jsonl, metrics.csv, summary.json)")
+    b = Bundle(p)
+    if not any((p / n).exists() for n in ("events.jsonl", "summary.json", "metrics.csv")):
+        raise LabError(f"{p}: not a bundle (no events.jsonl, metrics.csv or summary.json)")
+    sc = p / "scenario.toml"
+    if sc.is_file():
+        b.scenario_text = sc.read_text(encoding="utf-8", errors="replace")
+    else:
+        b.notes.append("scenario.toml missing")
+    b.env = _read_json(p / "env.json", b.notes)
+    b.summary = _read_json(p / "summary.json", b.notes)
+    if b.summary is None:
+        b.notes.append("no summary.json: the run did not finish (killed?); figures use "
+                       "events.jsonl and metrics.csv")
+    elif b.summary.get("interrupted"):
+        b.notes.append("the run was interrupted (Ctrl-C); results are partial")
+    b.events = _read_jsonl(p / "events.jsonl", b.notes)
+    b.metrics = _read_csv(p / "metrics.csv", b.notes)
+    return b
+
+
+def _read_json(f: Path, notes: list[str]) -> dict | None:
+    if not f.is_file():
+        if f.name != "summary.json":
+            notes.append(f"{f.name} missing")
+        return None
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        notes.append(f"{f.name} unreadable ({one_line(e)})")
+        return None
+
+
+def _read_jsonl(f: Path, notes: list[str]) -> list[dict]:
+    if not f.is_file():
+        notes.append("events.jsonl missing")
+        return []
+    text = f.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    out: list[dict] = []
+    bad = 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                notes.append("events.jsonl: last line cut short (run killed while writing); skipped")
+            else:
+                bad += 1
+    if bad:
+        notes.append(f"events.jsonl: {bad} unreadable line(s) skipped")
+    return out
+
+
+def _read_csv(f: Path, notes: list[str]) -> list[dict]:
+    if not f.is_file():
+        notes.append("metrics.csv missing")
+        return []
+    text = f.read_text(encoding="utf-8", errors="replace")
+    torn = bool(text) and not text.endswith("\n")
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return []
+    head, body = rows[0], rows[1:]
+    if torn and body:
+        body = body[:-1]
+        notes.append("metrics.csv: last row cut short; skipped")
+    out = []
+    for r in body:
+        if len(r) != len(head):
+            continue
+        out.append({k: _num(v) for k, v in zip(head, r, strict=True)})
+    return out
+
+
+def _num(v: str) -> Any:
+    if v == "":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        return float(v)
+    except ValueError:
+        return v

@@ -1,0 +1,117 @@
+"""Recording: a lab session's command log written down as a scenario file.
+
+``eng.command_log`` holds every command the engine executed, with its time; a
+scenario is a timeline of the same commands, so recording is a translation:
+loads at the start become [[models]], workloads on those models [[workloads]],
+everything else [[timeline]] entries. ``labtui run`` and ``labtui open`` replay
+the result. ``scenario_to_toml`` writes any validated Scenario back out (the
+bundle's "scenario.toml as run").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labtui.engine.commands import LaunchWorkload, Load
+from labtui.scenario import tomlw
+from labtui.scenario.schema import Scenario, default_model_id
+
+# Loads this close to the start (and before any other command) are the lab's
+# initial models; later ones are timeline actions. Loading takes seconds, so the
+# third of three start-up models is logged well after t=0.
+START_WINDOW_S = 10.0
+
+
+def _round_t(t: float) -> float:
+    return round(float(t), 3)
+
+
+def scenario_from_log(
+    engine_or_log: Any,
+    device_opts: dict | None = None,
+    name: str = "recorded",
+    description: str = "recorded from a lab session",
+    seed: int = 0,
+) -> str:
+    """TOML text of a scenario that replays `engine_or_log` (an Engine, or a list of
+    (t, Command)). `device_opts`: kind, memory_gib, link, host_slowdown."""
+    log = list(getattr(engine_or_log, "command_log", engine_or_log))
+    if device_opts is None and hasattr(engine_or_log, "snapshot"):
+        device_opts = _device_opts(engine_or_log.snapshot().device)
+    doc: dict[str, Any] = {
+        "lab": {"name": name, "seed": seed, "description": description},
+        "device": {k: v for k, v in (device_opts or {}).items() if v is not None},
+    }
+    models: list[dict] = []
+    workloads: list[dict] = []
+    timeline: list[dict] = []
+    initial: set[str] = set()
+    setup = True
+    for t, cmd in log:
+        if isinstance(cmd, Load):
+            fields = _fields(cmd)
+            fields["id"] = cmd.id or default_model_id(cmd.source)
+            if setup and t <= START_WINDOW_S:
+                fields.pop("action")
+                models.append({"id": fields.pop("id"), **fields})
+                initial.add(models[-1]["id"])
+                continue
+            timeline.append({"at": _round_t(t), **fields})
+        elif isinstance(cmd, LaunchWorkload) and cmd.model in initial:
+            fields = _fields(cmd)
+            fields.pop("action")
+            workloads.append({"model": fields.pop("model"), "at": _round_t(t), **fields})
+        else:
+            timeline.append({"at": _round_t(t), **_fields(cmd)})
+        setup = False
+    doc["models"], doc["workloads"], doc["timeline"] = models, workloads, timeline
+    return tomlw.dumps({k: v for k, v in doc.items() if v != []},
+                       header=f"labtui scenario: {name} (recorded)")
+
+
+def _fields(cmd: Any) -> dict:
+    """Non-default fields, action first (what a person would have written)."""
+    d = cmd.model_dump(mode="json", exclude_defaults=True)
+    return {"action": cmd.action, **{k: v for k, v in d.items() if v is not None}}
+
+
+def _device_opts(dev: Any) -> dict:
+    opts: dict[str, Any] = {"kind": dev.kind, "link": _link_value(dev.link),
+                            "host_slowdown": dev.host_slowdown}
+    if dev.simulated and dev.budget_bytes:
+        opts["memory_gib"] = round(dev.budget_bytes / 1024**3, 3)
+    return opts
+
+
+def _link_value(label: str) -> str | float:
+    # DeviceSnapshot.link is a preset name or "<n> GB/s"; scenarios take the number.
+    if label.endswith("GB/s"):
+        return float(label.removesuffix("GB/s").strip())
+    return label
+
+
+def scenario_to_toml(scn: Scenario, header: str = "") -> str:
+    """A validated scenario as TOML (defaults left out, sources as resolved)."""
+    doc: dict[str, Any] = {}
+    lab = scn.lab.model_dump(exclude_defaults=True)
+    doc["lab"] = {"name": scn.name, **lab}
+    doc["device"] = scn.device.model_dump(exclude_none=True)
+    doc["models"] = [
+        {"id": m.id, "source": m.source, **m.model_dump(exclude_defaults=True, exclude={"id", "source", "action"})}
+        for m in scn.models
+    ]
+    doc["workloads"] = [
+        {"model": w.model, "at": w.at, **w.model_dump(mode="json", exclude_defaults=True, exclude={"model", "at", "action"})}
+        for w in scn.workloads
+    ]
+    doc["timeline"] = [
+        {"at": t.at, "action": t.action,
+         **t.model_dump(mode="json", exclude_defaults=True, exclude_none=True, exclude={"at", "action"})}
+        for t in scn.timeline
+    ]
+    if scn.sweep is not None:
+        doc["sweep"] = scn.sweep.model_dump(exclude_none=True)
+    if scn.quick is not None:
+        q = scn.quick.model_dump(exclude_none=True, exclude_defaults=True)
+        doc["quick"] = q
+    return tomlw.dumps({k: v for k, v in doc.items() if v not in ([], {})}, header=header)
