@@ -1,0 +1,386 @@
+"""Devices: the accelerator a model's blocks live on, the host, and the link between.
+
+Two kinds share one interface (DESIGN.md, "Devices"):
+
+- ``cuda``: a real GPU. Memory from NVML and torch's allocator; host copies of
+  offloaded weights are pinned; copies are non_blocking on a side stream.
+- ``sim``: a simulated accelerator for machines without a GPU. Compute runs on
+  the CPU; a memory budget is enforced; every host<->accelerator transfer is a
+  real copy between separate tensors, paced to the link's bandwidth and latency;
+  blocks executed on the host are slowed by ``host_slowdown``. It never claims to
+  be a GPU: ``simulated`` is True and every label says "simulated".
+
+Budget accounting is explicit (``reserve``/``release`` by the hosted models'
+ledgers) on both kinds, so a move that would not fit is refused before anything
+is copied.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from labtui.errors import LabError
+
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """A host<->accelerator path: achievable GB/s per direction and fixed cost per copy."""
+
+    name: str
+    gbps: float  # 1e9 bytes/s, per direction
+    latency_s: float  # fixed cost per copy (one DMA / one tensor)
+
+    @property
+    def label(self) -> str:
+        return self.name if not self.name.endswith("GB/s") else f"{self.gbps:g} GB/s"
+
+
+# Achievable unidirectional figures, below the theoretical peaks (x16: PCIe3 15.75,
+# PCIe4 31.5, PCIe5 63 GB/s; NVLink-C2C 900 GB/s total = 450 per direction) since
+# real copies pay protocol overhead; the study measured 9-16 GB/s for layer-wise KV
+# copies over PCIe4 because of the fixed cost per copy, modelled by the latency.
+LINK_PRESETS: dict[str, LinkSpec] = {
+    "pcie3-x16": LinkSpec("pcie3-x16", 12.0, 10e-6),
+    "pcie4-x16": LinkSpec("pcie4-x16", 25.0, 10e-6),
+    "pcie5-x16": LinkSpec("pcie5-x16", 50.0, 8e-6),
+    "nvlink-c2c": LinkSpec("nvlink-c2c", 400.0, 2e-6),
+}
+
+
+def parse_link(link: str | float | int | None) -> LinkSpec:
+    """A preset name, or a number in GB/s (latency 10 us)."""
+    if link is None:
+        return LINK_PRESETS["pcie4-x16"]
+    if isinstance(link, (int, float)) and not isinstance(link, bool):
+        if not (0.001 <= float(link) <= 10_000):
+            raise LabError(f"link {link} GB/s is out of range; accepted: 0.001 to 10000 GB/s or a preset ({', '.join(LINK_PRESETS)})")
+        return LinkSpec(f"{float(link):g} GB/s", float(link), 10e-6)
+    s = str(link).strip()
+    if s in LINK_PRESETS:
+        return LINK_PRESETS[s]
+    try:
+        return parse_link(float(s.removesuffix("GB/s").strip()))
+    except ValueError:
+        pass
+    raise LabError(f"unknown link '{link}'; accepted: {', '.join(LINK_PRESETS)} or a number in GB/s")
+
+
+@dataclass(frozen=True)
+class MemoryProbe:
+    used_bytes: int
+    total_bytes: int
+    allocator_allocated: int
+    allocator_reserved: int
+    process_rss: int
+    host_used: int
+    host_total: int
+
+
+class Device:
+    """The accelerator side of the engine: where resident blocks live and compute."""
+
+    kind: str = "?"
+    simulated: bool = False
+
+    def __init__(self, budget_bytes: int, link: LinkSpec, host_slowdown: float = 1.0):
+        self.budget_bytes = int(budget_bytes)
+        self.link = link
+        self.host_slowdown = float(host_slowdown)
+        self._reserved = 0  # bytes accounted by ledgers (weights, KV, buffers)
+        self._lock = threading.Lock()
+
+    # torch devices -------------------------------------------------------
+    @property
+    def accel(self) -> torch.device:  # where resident blocks compute
+        raise NotImplementedError
+
+    @property
+    def host(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    # budget ---------------------------------------------------------------
+    @property
+    def used(self) -> int:
+        return self._reserved
+
+    @property
+    def free(self) -> int:
+        return max(0, self.budget_bytes - self._reserved)
+
+    def check_fits(self, nbytes: int, what: str) -> None:
+        if nbytes > self.free:
+            raise LabError(
+                f"{what} needs {fmt_bytes(nbytes)} on the accelerator but only "
+                f"{fmt_bytes(self.free)} of {fmt_bytes(self.budget_bytes)} is free; "
+                "lower a model's residency, preempt or unload one, or raise the budget"
+            )
+
+    def reserve(self, nbytes: int) -> None:
+        with self._lock:
+            self._reserved += int(nbytes)
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self._reserved -= int(nbytes)
+            assert self._reserved >= 0, "device accounting went negative"
+
+    def set_budget(self, budget_bytes: int) -> None:
+        if budget_bytes < self._reserved:
+            raise LabError(
+                f"a budget of {fmt_bytes(budget_bytes)} is below the {fmt_bytes(self._reserved)} "
+                "already in use; free memory first (lower residency, preempt or unload)"
+            )
+        self.budget_bytes = int(budget_bytes)
+
+    # host memory for offloaded weights -------------------------------------
+    def host_empty(self, nbytes: int) -> torch.Tensor:
+        """A host staging buffer (pinned on cuda, so copies can be asynchronous)."""
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    def accel_empty(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, device=self.accel)
+
+    def synchronize(self) -> None:
+        pass
+
+    def empty_cache(self) -> None:
+        pass
+
+    def probe(self) -> MemoryProbe:
+        vm = psutil.virtual_memory()
+        return MemoryProbe(
+            used_bytes=self.used,
+            total_bytes=self.budget_bytes,
+            allocator_allocated=0,
+            allocator_reserved=0,
+            process_rss=psutil.Process().memory_info().rss,
+            host_used=vm.total - vm.available,
+            host_total=vm.total,
+        )
+
+    def describe(self) -> dict:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "simulated": self.simulated,
+            "budget_bytes": self.budget_bytes,
+            "link": self.link.label,
+            "link_gbps": self.link.gbps,
+            "link_latency_us": self.link.latency_s * 1e6,
+            "host_slowdown": self.host_slowdown,
+        }
+
+
+class SimDevice(Device):
+    """A simulated accelerator on the CPU (see module docstring)."""
+
+    kind = "sim"
+    simulated = True
+
+    @property
+    def accel(self) -> torch.device:
+        # Same physical memory as the host; "accelerator" tensors are separate
+        # allocations made by the link, tracked by the ledgers against the budget.
+        return torch.device("cpu")
+
+    @property
+    def name(self) -> str:
+        return f"simulated accelerator ({fmt_bytes(self.budget_bytes)} budget, CPU compute)"
+
+
+class CudaDevice(Device):
+    kind = "cuda"
+    simulated = False
+
+    def __init__(self, index: int, budget_bytes: int | None, link: LinkSpec, host_slowdown: float = 1.0):
+        self.index = index
+        free, total = torch.cuda.mem_get_info(index)
+        super().__init__(budget_bytes or int(total * 0.92), link, host_slowdown)
+        self._total = total
+        self._nvml = _nvml_handle(index)
+
+    @property
+    def accel(self) -> torch.device:
+        return torch.device("cuda", self.index)
+
+    @property
+    def name(self) -> str:
+        return torch.cuda.get_device_name(self.index)
+
+    def host_empty(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.index)
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+    def probe(self) -> MemoryProbe:
+        p = super().probe()
+        used, total = self.used, self._total
+        if self._nvml is not None:
+            try:
+                import pynvml
+
+                info = pynvml.nvmlDeviceGetMemoryInfo(self._nvml)
+                used, total = int(info.used), int(info.total)
+            except Exception:  # NVML can vanish under us (driver reset); fall back
+                pass
+        return MemoryProbe(
+            used_bytes=used,
+            total_bytes=total,
+            allocator_allocated=torch.cuda.memory_allocated(self.index),
+            allocator_reserved=torch.cuda.memory_reserved(self.index),
+            process_rss=p.process_rss,
+            host_used=p.host_used,
+            host_total=p.host_total,
+        )
+
+
+def _nvml_handle(index: int):
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception:
+        return None
+
+
+DEVICE_KINDS = ("auto", "cuda", "sim")
+
+
+def make_device(
+    kind: str = "auto",
+    memory_gib: float | None = None,
+    link: str | float | None = None,
+    host_slowdown: float = 4.0,
+) -> Device:
+    if kind not in DEVICE_KINDS:
+        raise LabError(f"unknown device '{kind}'; accepted: auto, cuda, sim")
+    if memory_gib is not None and not (0 < float(memory_gib) <= 4096):
+        raise LabError(f"memory_gib {memory_gib} is out of range; accepted: a number of GiB > 0")
+    if not (1.0 <= float(host_slowdown) <= 1000):
+        raise LabError(f"host_slowdown {host_slowdown} is out of range; accepted: 1 to 1000")
+    budget = int(float(memory_gib) * GiB) if memory_gib is not None else None
+    has_cuda = torch.cuda.is_available()
+    if kind == "cuda" and not has_cuda:
+        raise LabError("device 'cuda' asked for but torch sees no CUDA GPU; accepted here: auto or sim")
+    if kind == "cuda" or (kind == "auto" and has_cuda):
+        # On a real GPU the link is what it is; a preset only labels it.
+        return CudaDevice(0, budget, parse_link(link), host_slowdown)
+    return SimDevice(budget or 4 * GiB, parse_link(link), host_slowdown)
+
+
+def fmt_bytes(n: float) -> str:
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def measure_memcpy_gbps(nbytes: int = 64 * 1024**2, repeats: int = 3) -> float:
+    """Host memcpy bandwidth: the ceiling for the simulated link's real copies."""
+    import time
+
+    src = torch.empty(nbytes, dtype=torch.uint8).fill_(1)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best / 1e9
+
+
+def doctor_info() -> dict:
+    import transformers
+
+    info: dict = {
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "host_ram_bytes": psutil.virtual_memory().total,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "gpus": [],
+        "nvml": False,
+        "host_memcpy_gbps": round(measure_memcpy_gbps(), 2),
+    }
+    try:
+        import accelerate
+
+        info["accelerate"] = accelerate.__version__
+    except ImportError:
+        pass
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        info["nvml"] = True
+        info["nvml_driver"] = str(pynvml.nvmlSystemGetDriverVersion())
+    except Exception as e:
+        info["nvml_error"] = " ".join(str(e).split())[:120]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            info["gpus"].append(
+                {"index": i, "name": torch.cuda.get_device_name(i), "total_bytes": total, "free_bytes": free}
+            )
+        info["h2d_pinned_gbps"] = round(measure_h2d_gbps(), 2)
+    return info
+
+
+def measure_h2d_gbps(nbytes: int = 256 * 1024**2) -> float:
+    """Raw pinned host->device copy: the link's peak as this machine delivers it."""
+    import time
+
+    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst.copy_(src, non_blocking=True)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        dst.copy_(src, non_blocking=True)
+    torch.cuda.synchronize()
+    return 5 * nbytes / (time.perf_counter() - t0) / 1e9
+
+
+def cli_doctor(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    info = doctor_info()
+    t = Table(title="labtui doctor", show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    for k in ("platform", "python", "cpu_count", "torch", "transformers", "accelerate", "cuda_available", "nvml"):
+        t.add_row(k, str(info.get(k, "-")))
+    t.add_row("host RAM", fmt_bytes(info["host_ram_bytes"]))
+    t.add_row("host memcpy", f"{info['host_memcpy_gbps']} GB/s (ceiling for the simulated link)")
+    for g in info["gpus"]:
+        t.add_row(f"GPU {g['index']}", f"{g['name']}, {fmt_bytes(g['total_bytes'])}")
+    if "h2d_pinned_gbps" in info:
+        t.add_row("link (pinned H2D)", f"{info['h2d_pinned_gbps']} GB/s")
+    if not info["gpus"]:
+        t.add_row("accelerator", "none: labtui uses the simulated accelerator (device 'sim')")
+    t.add_row("link presets", ", ".join(f"{k} {v.gbps:g} GB/s" for k, v in LINK_PRESETS.items()))
+    Console().print(t)
+    return 0

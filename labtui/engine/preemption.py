@@ -1,0 +1,101 @@
+"""Preemption and resume, in the study's four phases.
+
+preempt: ``kv_out`` (KV cache: keep on the accelerator | swap to the host | drop),
+then ``release`` (weights: copied to host RAM | freed, to be read from disk).
+resume: ``reload`` (weights back to the accelerator, from host RAM or the
+checkpoint files), then ``kv_in`` (swapped KV copied back) and, for ``drop``,
+``recompute`` (prefill of prompt + generated tokens). Each phase is timed with
+the device synchronised, and its bytes counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from labtui.engine.decode import Batch
+from labtui.engine.hosted import HostedModel
+from labtui.engine.snapshot import PhaseReport
+from labtui.errors import LabError
+
+
+def check_preempt(hm: HostedModel, weights: str) -> None:
+    if weights == "disk":
+        why = hm.disk_reload_supported()
+        if why:
+            raise LabError(f"cannot preempt {hm.id} with weights=disk: {why}; use weights=host")
+
+
+def preempt(hm: HostedModel, batch: Batch, kv: str, weights: str) -> PhaseReport:
+    check_preempt(hm, weights)
+    before = hm.ledger().accel_total
+    at_tokens = sum(len(r.out_ids) for r in batch.rows)
+    for r in batch.rows:
+        r.state = "paused"
+    hm.drain_prefetch()
+    hm.device.synchronize()
+    t0 = time.perf_counter()
+    kv_b = 0
+    if kv == "swap":
+        kv_b, _ = hm.swap_kv(to_host=True, reason="preempt")
+    elif kv == "drop":
+        kv_b = batch.drop_kv()
+    hm.device.synchronize()
+    t1 = time.perf_counter()
+    rel_b, _ = hm.release_weights(weights, reason="preempt")
+    t2 = time.perf_counter()
+    hm.sync_reservation()
+    return PhaseReport(
+        model=hm.id,
+        kv=kv,
+        weights=weights,
+        kv_out_s=t1 - t0,
+        kv_out_bytes=kv_b,
+        release_s=t2 - t1,
+        release_bytes=rel_b,
+        freed_bytes=before - hm.ledger().accel_total,
+        at_tokens=at_tokens,
+    )
+
+
+def resume_cost(hm: HostedModel, report: PhaseReport) -> int:
+    """Accelerator bytes a resume will take."""
+    need = hm.rest.nbytes + sum(hm.blocks[i].nbytes for i in hm.resident_set())
+    offl = [i for i in range(hm.n_layers) if i not in hm.resident_set()]
+    need += hm._window_bytes(offl, hm.mode)
+    if report.kv == "swap":
+        need += sum(hm._kv_bytes(i) for i in range(hm.n_layers) if not hm.kv_on_host(i))
+    return need
+
+
+def resume(hm: HostedModel, batch: Batch, report: PhaseReport, t_preempt: float) -> PhaseReport:
+    hm.device.check_fits(resume_cost(hm, report), f"resuming {hm.id}")
+    hm.device.synchronize()
+    t0 = time.perf_counter()
+    rel_b, _ = hm.reload_weights(report.weights, reason="resume")
+    hm.device.synchronize()
+    t1 = time.perf_counter()
+    kv_b = 0
+    if report.kv == "swap":
+        kv_b, _ = hm.swap_kv(to_host=False, reason="resume")
+    hm.device.synchronize()
+    t2 = time.perf_counter()
+    rec_tokens = batch.recompute() if batch.needs_recompute else 0
+    hm.device.synchronize()
+    t3 = time.perf_counter()
+    paused = t3 - t_preempt
+    for r in batch.rows:
+        r.state = "running"
+        r.paused_s += paused
+    hm.sync_reservation()
+    return replace(
+        report,
+        reload_s=t1 - t0,
+        reload_bytes=rel_b,
+        kv_in_s=t2 - t1,
+        kv_in_bytes=kv_b,
+        recompute_s=t3 - t2,
+        recompute_tokens=rec_tokens,
+        paused_s=paused,
+        complete=True,
+    )
