@@ -1,0 +1,591 @@
+"""The lab: a Textual app over the engine's command/snapshot API.
+
+Everything the user does here is an engine command (``labtui.engine.commands``)
+sent with ``engine.submit_command``, so a scenario can do it too and ``s`` can
+save it. The engine runs on its own thread; the lab reads ``engine.snapshot()``
+and ``engine.events_since(seq)`` on a timer (5 Hz) and never touches tensors, so
+the screen never freezes: a busy engine shows as busy.
+
+The engine is injected (``LabApp(engine)``), as Harlequin injects its adapters:
+tests pass a real engine on tiny zoo models, or a ``FrozenEngine`` with a
+hand-built snapshot for deterministic screens. ``main()`` builds the real one on
+a worker thread after the first frame, so torch's import never delays the UI.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Vertical, VerticalScroll
+from textual.widgets import Footer, Static, Tab, Tabs
+
+from labtui.engine.commands import (
+    CancelWorkload,
+    Preempt,
+    Resume,
+    SetMode,
+    SetPrefetch,
+    SetResidency,
+    Unload,
+)
+from labtui.errors import LabError, one_line
+from labtui.tui.messages import (
+    CommandDone,
+    EngineFailed,
+    EngineReady,
+    ModelAction,
+    ModelSelected,
+    ResidencyRequested,
+)
+from labtui.tui.widgets.chart import ChartData, ScatterChart
+from labtui.tui.widgets.event_log import EventLog
+from labtui.tui.widgets.header import DeviceBar
+from labtui.tui.widgets.layer_map import LEGEND
+from labtui.tui.widgets.memory import MemoryPanel, MemoryStrip
+from labtui.tui.widgets.model_card import ModelCard
+
+VIEWS = ("cards", "memory", "chart", "log")
+
+
+class LabApp(App):
+    """The lab. ``engine``: an Engine (or anything with its API); ``scenario``: a
+    validated Scenario to replay once the engine is ready; ``engine_factory``:
+    builds the engine on a worker thread when ``engine`` is None."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "labtui"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide"), (170, "-xwide")]
+    POLL_HZ = 5.0
+
+    BINDINGS = [
+        Binding("p", "preempt", "preempt"),
+        Binding("r", "resume", "resume"),
+        Binding("w", "workload", "workload"),
+        Binding("l", "load", "load"),
+        Binding("s", "save", "save"),
+        Binding("question_mark,f1", "help", "help", key_display="?"),
+        Binding("q", "quit", "quit"),
+        Binding("u", "unload", "unload", show=False),
+        Binding("m", "mode", "mode", show=False),
+        Binding("f", "prefetch", "prefetch", show=False),
+        Binding("o", "policy", "policy", show=False),
+        Binding("d", "device", "device", show=False),
+        Binding("c", "cancel_workloads", "cancel workloads", show=False),
+        Binding("n", "normalise", "normalise chart", show=False),
+        Binding("x", "clear_chart", "clear chart", show=False),
+        Binding("1", "view('cards')", "models", show=False),
+        Binding("2", "view('memory')", "memory", show=False),
+        Binding("3", "view('chart')", "chart", show=False),
+        Binding("4", "view('log')", "events", show=False),
+    ]
+
+    def __init__(
+        self,
+        engine: Any = None,
+        scenario: Any = None,
+        *,
+        engine_factory: Callable[[], Any] | None = None,
+        replay: bool = True,
+        save_dir: str | Path = ".",
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self.scenario = scenario
+        self.engine_factory = engine_factory
+        self.replay_enabled = replay
+        self.save_dir = Path(save_dir)
+        self.frozen = bool(getattr(engine, "frozen", False))
+        self.selected: str | None = None
+        self.chart_data = ChartData()
+        self.series: dict[str, int] = {}
+        self.replay = None
+        self.snap = None
+        self.first_frame_at: float | None = None
+        self._seq = -1
+        self._seq_changed_at = time.monotonic()
+        self._ev_seq = 0
+        self._stalled_shown = 0
+        self._view = "cards"
+        self._zoo_rows: list[dict] | None = None
+        self._owns_engine = engine is None
+
+    # -- layout ----------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield DeviceBar(id="devicebar")
+        yield MemoryStrip(id="memstrip")
+        yield Tabs(
+            Tab("1 models", id="tab-cards"),
+            Tab("2 memory", id="tab-memory"),
+            Tab("3 chart", id="tab-chart"),
+            Tab("4 events", id="tab-log"),
+            id="viewtabs",
+        )
+        with Container(id="main"):
+            with Vertical(id="left", classes="col"):
+                with VerticalScroll(id="cards", classes="pane -active"):
+                    yield Static("starting the engine…", id="cards-empty")
+                yield ScatterChart(self.chart_data, id="chart", classes="pane")
+            with Vertical(id="right", classes="col -off"):
+                yield MemoryPanel(id="memory", classes="pane")
+                yield EventLog(id="log", classes="pane")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.first_frame_at = time.monotonic()
+        self.query_one("#viewtabs", Tabs).can_focus = False
+        self.query_one("#cards", VerticalScroll).can_focus = False
+        cards = self.query_one("#cards")
+        cards.border_title = "models"
+        cards.border_subtitle = LEGEND
+        self.query_one("#chart").border_title = "decode tok/s vs residency"
+        self.query_one("#chart").border_subtitle = "n normalise · x clear"
+        if self.engine is not None:
+            self._engine_ready()
+        elif self.engine_factory is not None:
+            self.query_one(DeviceBar).starting("starting the engine (importing torch)…")
+            self._build_engine()
+        else:
+            self.query_one(DeviceBar).starting("no engine")
+
+    @work(thread=True, exclusive=True, group="engine")
+    def _build_engine(self) -> None:
+        assert self.engine_factory is not None
+        try:
+            eng = self.engine_factory()
+        except LabError as e:
+            self.post_message(EngineFailed(str(e)))
+            return
+        except Exception as e:  # noqa: BLE001
+            self.post_message(EngineFailed(f"engine failed to start: {one_line(e)}"))
+            return
+        self.post_message(EngineReady(eng))
+
+    def on_engine_ready(self, message: EngineReady) -> None:
+        self.engine = message.engine
+        self._engine_ready()
+
+    def on_engine_failed(self, message: EngineFailed) -> None:
+        self.query_one(DeviceBar).starting(message.message)
+        self.query_one("#cards-empty", Static).update(message.message)
+        self.notify(message.message, severity="error", timeout=10)
+
+    def _engine_ready(self) -> None:
+        self._tick()
+        self.set_interval(1.0 / self.POLL_HZ, self._tick)
+        if self.scenario is not None and self.replay_enabled and not self.frozen:
+            from labtui.tui.bridge import Replay
+
+            self.replay = Replay(
+                self.scenario,
+                self.engine,
+                on_error=lambda m: self.call_from_thread(self.notify, m, severity="error"),
+                on_done=lambda m: self.call_from_thread(self._replay_done, m),
+            ).start()
+
+    def _replay_done(self, msg: str) -> None:
+        self.notify(msg, timeout=3)
+
+    # -- the poll loop -----------------------------------------------------------
+
+    def _tick(self) -> None:
+        eng = self.engine
+        if eng is None:
+            return
+        try:
+            snap = eng.snapshot()
+            events = eng.events_since(self._ev_seq)
+        except Exception as e:  # noqa: BLE001 - never a traceback in the lab
+            self.query_one(DeviceBar).starting(f"engine unavailable: {one_line(e)}")
+            return
+        now = time.monotonic()
+        changed = snap.seq != self._seq or self.snap is None
+        if changed:
+            self._seq = snap.seq
+            self._seq_changed_at = now
+        stalled = 0.0
+        if not self.frozen and (snap.busy or "idle") != "idle":
+            stalled = now - self._seq_changed_at
+        stalled_bucket = int(stalled) if stalled >= 1.5 else 0
+        if events:
+            self._ev_seq = events[-1].seq
+            self.query_one(EventLog).add_events(events)
+            for e in events:
+                if e.kind == "error":
+                    self.notify(
+                        f"engine error in {e.data.get('where')}: {e.data.get('message')}",
+                        severity="error",
+                    )
+        if changed or stalled_bucket != self._stalled_shown:
+            self._stalled_shown = stalled_bucket
+            self.snap = snap
+            self._show(snap, stalled)
+
+    def _show(self, snap, stalled: float = 0.0) -> None:
+        for m in snap.models:
+            if m.id not in self.series:
+                self.series[m.id] = len(self.series)
+        replay = ""
+        if self.replay is not None and self.replay.status:
+            replay = f"{self.replay.status} {self.scenario.name}"
+        self.query_one(DeviceBar).show(snap, stalled, replay)
+        self.query_one(MemoryPanel).show(snap, self.series)
+        self.query_one(MemoryStrip).show(snap, self.series)
+        self._reconcile_cards(snap)
+        if self.chart_data.observe(snap, self.series):
+            self.refresh_chart()
+
+    def _reconcile_cards(self, snap) -> None:
+        box = self.query_one("#cards", VerticalScroll)
+        existing = {c.model_id: c for c in box.query(ModelCard)}
+        ids = [m.id for m in snap.models]
+        for mid, card in existing.items():
+            if mid not in ids:
+                card.remove()
+                if self.selected == mid:
+                    self.selected = None
+        new_cards = []
+        for m in snap.models:
+            card = existing.get(m.id)
+            if card is None:
+                card = ModelCard(m, self.series.get(m.id, 0))
+                new_cards.append(card)
+            else:
+                card.update_from(m)
+        if new_cards:
+            box.mount_all(new_cards)
+        empty = self.query_one("#cards-empty", Static)
+        empty.display = not snap.models
+        if not snap.models:
+            empty.update("No models loaded. Press l to load one from the zoo.")
+        box.set_class(len(snap.models) == 1, "-one")
+        if new_cards and self.selected is None:
+            self.call_after_refresh(self._select_first)
+
+    def _select_first(self) -> None:
+        cards = list(self.query(ModelCard))
+        if cards and self.selected is None and self.screen is self.screen_stack[0]:
+            cards[0].slider.focus()
+
+    # -- selection ---------------------------------------------------------------
+
+    def on_model_selected(self, message: ModelSelected) -> None:
+        self.selected = message.model
+        for card in self.query(ModelCard):
+            card.set_class(card.model_id == message.model, "-selected")
+            if card.model_id == message.model:
+                card.scroll_visible(animate=False)
+
+    def _card(self, model: str | None) -> ModelCard | None:
+        if model is None:
+            return None
+        for card in self.query(ModelCard):
+            if card.model_id == model:
+                return card
+        return None
+
+    def _selected_model(self):
+        """The selected model's snapshot, or None (with a hint)."""
+        if self.snap is None:
+            self.notify("the engine is still starting", severity="warning")
+            return None
+        m = self.snap.model(self.selected) if self.selected else None
+        if m is None:
+            if not self.snap.models:
+                self.notify("no model loaded: press l to load one", severity="warning")
+            else:
+                self.notify("select a model first (tab, or click its card)", severity="warning")
+        return m
+
+    # -- sending commands ----------------------------------------------------------
+
+    def send(self, cmd, on_fail: Callable[[], None] | None = None) -> Future | None:
+        """Submit a command. Validation errors come back at once (LabError) and are
+        shown as one-line notifications; the result or failure arrives later as a
+        CommandDone message posted from the engine's thread."""
+        if self.engine is None:
+            self.notify("the engine is still starting", severity="warning")
+            return None
+        try:
+            fut = self.engine.submit_command(cmd)
+        except LabError as e:
+            self.notify(str(e), severity="error", title=f"{cmd.action} refused")
+            if on_fail:
+                on_fail()
+            return None
+        except Exception as e:  # noqa: BLE001
+            self.notify(one_line(e), severity="error", title=f"{cmd.action} failed")
+            if on_fail:
+                on_fail()
+            return None
+
+        def done(f: Future) -> None:
+            err = f.exception()
+            self.post_message(CommandDone(cmd, None if err else f.result(), err))
+
+        fut.add_done_callback(done)
+        return fut
+
+    def on_command_done(self, message: CommandDone) -> None:
+        cmd, err, res = message.cmd, message.error, message.result
+        if err is not None:
+            title = f"{cmd.action} failed"
+            self.notify(one_line(err) or type(err).__name__, severity="error", title=title)
+            if isinstance(cmd, SetResidency):
+                card = self._card(cmd.model)
+                if card:
+                    card.slider.request_failed()
+            return
+        if isinstance(cmd, Preempt) and res is not None and hasattr(res, "kv_out_s"):
+            self.notify(
+                f"{cmd.model} paused: kv_out {res.kv_out_s * 1e3:.1f} ms, "
+                f"release {res.release_s * 1e3:.1f} ms, freed {res.freed_bytes / 2**20:.0f} MiB",
+                title="preempted",
+            )
+        elif isinstance(cmd, Resume) and res is not None and hasattr(res, "total_s"):
+            self.notify(
+                f"{cmd.model} back: reload {res.reload_s * 1e3:.1f} ms, kv_in "
+                f"{res.kv_in_s * 1e3:.1f} ms; total cost {res.total_s * 1e3:.1f} ms",
+                title="resumed",
+            )
+
+    # -- slider and card buttons -----------------------------------------------------
+
+    def on_residency_requested(self, message: ResidencyRequested) -> None:
+        card = self._card(message.model)
+        cmd = SetResidency(model=message.model, residency=message.layers / message.n_layers)
+        self.send(cmd, on_fail=card.slider.request_failed if card else None)
+
+    def on_model_action(self, message: ModelAction) -> None:
+        self.selected = message.model
+        action = {
+            "mode": self.action_mode,
+            "prefetch": self.action_prefetch,
+            "preempt": self.action_preempt,
+            "resume": self.action_resume,
+            "workload": self.action_workload,
+            "unload": self.action_unload,
+        }.get(message.action)
+        if action:
+            action()
+
+    # -- actions -----------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Lab keys act on the main screen only (not under a dialog or the help).
+        if action in ("quit", "help", "command_palette"):
+            return True
+        return self.screen is self.screen_stack[0]
+
+    def action_preempt(self) -> None:
+        m = self._selected_model()
+        if m is None:
+            return
+        if m.state in ("preempted", "preempting"):
+            self.notify(f"{m.id} is already {m.state}; r resumes it", severity="warning")
+            return
+        from labtui.tui.screens.modals import PreemptModal
+
+        self.push_screen(PreemptModal(m.id), self._send_if)
+
+    def action_resume(self) -> None:
+        m = self._selected_model()
+        if m is None:
+            return
+        self.send(Resume(model=m.id))
+
+    def action_workload(self) -> None:
+        m = self._selected_model()
+        if m is None:
+            return
+        from labtui.tui.screens.modals import WorkloadModal
+
+        self.push_screen(WorkloadModal(m.id), self._send_if)
+
+    def action_cancel_workloads(self) -> None:
+        m = self._selected_model()
+        if m is None:
+            return
+        active = [w for w in self.snap.workloads if w.model == m.id and not w.done]
+        if not active:
+            self.notify(f"{m.id} has no running workload", severity="warning")
+        for w in active:
+            self.send(CancelWorkload(workload=w.id))
+
+    def action_load(self) -> None:
+        from labtui.tui.screens.modals import LoadModal
+
+        taken = {m.id for m in self.snap.models} if self.snap else set()
+        self.push_screen(LoadModal(taken, self._zoo()), self._send_if)
+
+    def _zoo(self) -> list[dict]:
+        if self._zoo_rows is None:
+            try:
+                from labtui.models.zoo import list_zoo
+
+                self._zoo_rows = list_zoo()
+            except Exception:  # noqa: BLE001 - the list is a convenience; a path still works
+                self._zoo_rows = []
+        return self._zoo_rows
+
+    def action_unload(self) -> None:
+        m = self._selected_model()
+        if m is None:
+            return
+        from labtui.tui.screens.modals import ConfirmModal
+
+        def confirmed(ok: bool | None) -> None:
+            if ok:
+                self.send(Unload(model=m.id))
+
+        self.push_screen(
+            ConfirmModal(
+                f"Unload {m.id}? Its requests are cancelled and its memory freed.", "Unload"
+            ),
+            confirmed,
+        )
+
+    def action_mode(self) -> None:
+        m = self._selected_model()
+        if m is not None:
+            self.send(SetMode(model=m.id, mode="host" if m.mode == "stream" else "stream"))
+
+    def action_prefetch(self) -> None:
+        m = self._selected_model()
+        if m is not None:
+            self.send(SetPrefetch(model=m.id, prefetch=not m.prefetch))
+
+    def action_policy(self) -> None:
+        if self.snap is None:
+            return
+        from labtui.tui.screens.modals import PolicyModal
+
+        self.push_screen(PolicyModal(self.snap.policy), self._send_if)
+
+    def action_device(self) -> None:
+        if self.snap is None:
+            return
+        d = self.snap.device
+        if not d.simulated:
+            self.notify(
+                "device options apply to the simulated accelerator (sim) only", severity="warning"
+            )
+            return
+        from labtui.tui.screens.modals import DeviceModal
+
+        link = d.link if not d.link.endswith("GB/s") else d.link
+        self.push_screen(DeviceModal(link, d.budget_bytes / 2**30, d.host_slowdown), self._send_if)
+
+    def _send_if(self, cmd) -> None:
+        if cmd is not None:
+            self.send(cmd)
+
+    def action_normalise(self) -> None:
+        chart = self.query_one(ScatterChart)
+        chart.normalised = not chart.normalised
+
+    def action_clear_chart(self) -> None:
+        self.chart_data.clear()
+        self.refresh_chart()
+
+    def refresh_chart(self) -> None:
+        self.query_one(ScatterChart).refresh()
+
+    def action_help(self) -> None:
+        from labtui.tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_save(self) -> None:
+        if self.engine is None:
+            return
+        from labtui.tui.screens.modals import SaveModal
+
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        default = str(self.save_dir / f"lab-session-{stamp}.toml")
+        n = len(getattr(self.engine, "command_log", []))
+        self.push_screen(SaveModal(default, n), self._save_to)
+
+    def _save_to(self, path: str | None) -> None:
+        if not path:
+            return
+        from labtui.tui.bridge import save_recording
+
+        try:
+            out = save_recording(self.engine, path, self.scenario)
+        except LabError as e:
+            self.notify(str(e), severity="error", title="not saved")
+            return
+        except Exception as e:  # noqa: BLE001
+            self.notify(one_line(e), severity="error", title="not saved")
+            return
+        self.notify(f"saved {out} — replay: labtui run {out}", title="session saved", timeout=8)
+
+    # -- narrow terminals: one pane at a time ------------------------------------------
+
+    def action_view(self, view: str) -> None:
+        self.query_one("#viewtabs", Tabs).active = f"tab-{view}"
+
+    @on(Tabs.TabActivated, "#viewtabs")
+    def _tab(self, event: Tabs.TabActivated) -> None:
+        view = (event.tab.id or "tab-cards").removeprefix("tab-")
+        self._view = view
+        for v in VIEWS:
+            self.query_one(f"#{v}").set_class(v == view, "-active")
+        # narrow terminals show one pane: hide the column that does not hold it
+        self.query_one("#left").set_class(view not in ("cards", "chart"), "-off")
+        self.query_one("#right").set_class(view not in ("memory", "log"), "-off")
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    async def action_quit(self) -> None:
+        if self.replay is not None:
+            self.replay.stop()
+        self.exit(0)
+
+    def on_unmount(self) -> None:
+        if self.replay is not None:
+            self.replay.stop()
+
+
+def main(scenario_path: str | None, device: str | None) -> int:
+    """`labtui` / `labtui open SCENARIO`: validate the scenario first (bad input
+    exits 2 with one line), then show the lab at once and start the engine on a
+    worker thread."""
+    from labtui.tui.bridge import engine_kwargs, load_scenario
+
+    scn = load_scenario(scenario_path)  # LabError -> cli prints one line, exit 2
+    kw = engine_kwargs(scn, device)
+
+    def factory():
+        from labtui.engine import Engine
+
+        return Engine(**kw)
+
+    app = LabApp(scenario=scn, engine_factory=factory)
+    try:
+        rc = app.run()
+    finally:
+        eng = app.engine
+        if eng is not None:
+            try:
+                eng.close()
+            except Exception:  # noqa: BLE001
+                pass
+    if app.return_code not in (None, 0):
+        return app.return_code or 1
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None, None))

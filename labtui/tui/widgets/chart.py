@@ -1,0 +1,240 @@
+"""Decode tok/s against residency, per model: the study's main figure, built by hand.
+
+textual-plotext exists on PyPI, but this chart needs only dots, lines and a few
+labels, so it is drawn here with braille cells (2×4 dots per cell): no extra
+dependency, and fully deterministic output for snapshot tests.
+
+Points accumulate as the user (or a scenario) moves sliders: when a model has
+decoded at the same residency for ``SETTLE_S`` seconds, its windowed tok/s becomes
+the point for that residency (later samples at the same residency replace it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widget import Widget
+
+from labtui.engine.snapshot import EngineSnapshot
+
+SETTLE_S = 2.0
+N_SERIES = 6
+
+_BRAILLE = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # [row][col]
+
+
+@dataclass
+class Series:
+    model: str
+    index: int
+    n_layers: int
+    points: dict[int, float] = field(default_factory=dict)  # resident layers -> tok/s
+    current: tuple[int, float] | None = None
+    _since: tuple[int, float] | None = None  # (layers, engine time first seen)
+
+
+def nice_ceiling(x: float) -> float:
+    if x <= 0:
+        return 1.0
+    exp = math.floor(math.log10(x))
+    for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        v = m * 10**exp
+        if v >= x:
+            return v
+    return 10 ** (exp + 1)  # pragma: no cover
+
+
+class ChartData:
+    """The accumulating points (kept apart from the widget so tests can read them)."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, Series] = {}
+
+    def observe(self, snap: EngineSnapshot, series_index: dict[str, int]) -> bool:
+        changed = False
+        live = set()
+        for m in snap.models:
+            live.add(m.id)
+            s = self.series.get(m.id)
+            if s is None or s.n_layers != m.n_layers:
+                s = self.series[m.id] = Series(m.id, series_index.get(m.id, 0), m.n_layers)
+                changed = True
+            k = m.resident_layers
+            moving = "M" in m.layer_cells
+            decoding = m.state == "serving" and m.running > 0 and m.tok_s > 0 and not moving
+            cur = (k, m.tok_s) if decoding else None
+            if cur != s.current:
+                s.current = cur
+                changed = True
+            if not decoding:
+                s._since = None
+                continue
+            if s._since is None or s._since[0] != k:
+                s._since = (k, snap.t)
+            elif snap.t - s._since[1] >= SETTLE_S and s.points.get(k) != m.tok_s:
+                s.points[k] = m.tok_s
+                changed = True
+        for gone in set(self.series) - live:
+            self.series[gone].current = None
+        return changed
+
+    def add_point(
+        self, model: str, layers: int, n_layers: int, tok_s: float, index: int = 0
+    ) -> None:
+        s = self.series.setdefault(model, Series(model, index, n_layers))
+        s.points[layers] = tok_s
+
+    def clear(self) -> None:
+        for s in self.series.values():
+            s.points.clear()
+
+
+class ScatterChart(Widget):
+    COMPONENT_CLASSES = {f"series--{i}" for i in range(N_SERIES)} | {
+        "chart--axis",
+        "chart--label",
+        "chart--empty",
+    }
+
+    normalised: reactive[bool] = reactive(False)
+
+    def __init__(self, data: ChartData, **kw) -> None:
+        super().__init__(**kw)
+        self.data = data
+
+    def render(self) -> Text:
+        W = max(10, self.content_size.width)
+        H = max(4, self.content_size.height)
+        axis = self.get_component_rich_style("chart--axis")
+        label = self.get_component_rich_style("chart--label")
+
+        series = [s for s in self.data.series.values() if s.points or s.current]
+        legend = Text(no_wrap=True, overflow="ellipsis")
+        for s in self.data.series.values():
+            legend.append("● ", self.get_component_rich_style(f"series--{s.index % N_SERIES}"))
+            legend.append(f"{s.model} ({len(s.points)} pts)  ")
+        ylab = "tok/s ÷ tok/s at 100%" if self.normalised else "decode tok/s"
+        legend.append(f"y: {ylab}", label)
+        legend.truncate(W, overflow="ellipsis")
+
+        def yval(s: Series, v: float) -> float:
+            if not self.normalised:
+                return v
+            base = s.points.get(s.n_layers)
+            return v / base if base else float("nan")
+
+        ys = [yval(s, v) for s in series for v in s.points.values()]
+        ys += [yval(s, s.current[1]) for s in series if s.current]
+        ys = [y for y in ys if not math.isnan(y)]
+        ymax = nice_ceiling(max(ys) * 1.05) if ys else 1.0
+
+        yaxis_w = 7
+        pw = max(4, W - yaxis_w - 1)  # plot width in cells
+        ph = max(2, H - 3)  # legend line + x axis line + x labels line
+        dots_w, dots_h = pw * 2, ph * 4
+        mask = [[0] * pw for _ in range(ph)]
+        color: list[list[int | None]] = [[None] * pw for _ in range(ph)]
+        marks: dict[tuple[int, int], tuple[str, int]] = {}
+
+        def to_dot(x: float, y: float) -> tuple[int, int]:
+            dx = round(min(max(x, 0.0), 1.0) * (dots_w - 1))
+            dy = round((1 - min(max(y / ymax, 0.0), 1.0)) * (dots_h - 1))
+            return dx, dy
+
+        def plot(dx: int, dy: int, idx: int) -> None:
+            cx, cy = dx // 2, dy // 4
+            if 0 <= cx < pw and 0 <= cy < ph:
+                mask[cy][cx] |= _BRAILLE[dy % 4][dx % 2]
+                color[cy][cx] = idx
+
+        for s in series:
+            pts = sorted(
+                (k / s.n_layers, yval(s, v))
+                for k, v in s.points.items()
+                if not math.isnan(yval(s, v))
+            )
+            dpts = [to_dot(x, y) for x, y in pts]
+            for (x0, y0), (x1, y1) in zip(dpts, dpts[1:], strict=False):
+                n = max(abs(x1 - x0), abs(y1 - y0), 1)
+                for i in range(n + 1):
+                    plot(round(x0 + (x1 - x0) * i / n), round(y0 + (y1 - y0) * i / n), s.index)
+            for dx, dy in dpts:
+                marks[(dx // 2, dy // 4)] = ("●", s.index)
+            if s.current is not None:
+                y = yval(s, s.current[1])
+                if not math.isnan(y):
+                    dx, dy = to_dot(s.current[0] / s.n_layers, y)
+                    marks[(dx // 2, dy // 4)] = ("◉", s.index)
+
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append_text(legend)
+        t.append("\n")
+        row_labels: dict[int, str] = {}
+        for frac in (1.0, 0.75, 0.5, 0.25, 0.0):
+            row = round((1 - frac) * (dots_h - 1)) // 4
+            if ph < 6 and frac in (0.75, 0.25):
+                continue
+            row_labels.setdefault(row, _fmt_y(ymax * frac, self.normalised))
+        for row in range(ph):
+            lab = row_labels.get(row, "")
+            t.append(lab.rjust(yaxis_w - 1)[: yaxis_w - 1] + " ", label)
+            t.append("┤" if lab else "│", axis)
+            for col in range(pw):
+                mk = marks.get((col, row))
+                if mk is not None:
+                    t.append(mk[0], self.get_component_rich_style(f"series--{mk[1] % N_SERIES}"))
+                elif mask[row][col]:
+                    idx = color[row][col] or 0
+                    t.append(
+                        chr(0x2800 + mask[row][col]),
+                        self.get_component_rich_style(f"series--{idx % N_SERIES}"),
+                    )
+                else:
+                    t.append(" ")
+            t.append("\n")
+        # x axis
+        ticks = [0, 0.25, 0.5, 0.75, 1.0]
+        tick_cols = {round(f * (pw - 1)) for f in ticks}
+        t.append(" " * yaxis_w, label)
+        t.append("└", axis)
+        t.append("".join("┬" if c in tick_cols else "─" for c in range(pw)), axis)
+        t.append("\n")
+        xl = [" "] * (pw + 1)
+        for f in ticks:
+            s = f"{int(f * 100)}%"
+            c = round(f * (pw - 1)) + 1 - (len(s) // 2)
+            c = min(max(c, 0), pw + 1 - len(s))
+            for i, ch in enumerate(s):
+                xl[c + i] = ch
+        xlabel = "".join(xl)
+        name = " residency "
+        mid = (pw + 1) // 2 - len(name) // 2
+        if pw > 40:
+            # put the axis name between the 25% and 50% ticks if it fits in blanks
+            seg = xlabel[mid : mid + len(name)]
+            if seg.strip() == "":
+                xlabel = xlabel[:mid] + name + xlabel[mid + len(name) :]
+        t.append(" " * yaxis_w + xlabel, label)
+        if not series:
+            t = Text(no_wrap=True)
+            t.append_text(legend)
+            t.append("\n\n")
+            t.append(
+                "  No points yet. Points appear when a model has decoded at one\n"
+                "  residency for 2 s. Move a slider (←/→) and watch the curve grow.",
+                self.get_component_rich_style("chart--empty"),
+            )
+        return t
+
+
+def _fmt_y(v: float, normalised: bool) -> str:
+    if v == 0:
+        return "0"
+    if normalised:
+        return f"{v:.2f}"
+    if v >= 1000:
+        return f"{v / 1000:.1f}k"
+    return f"{v:.0f}" if v >= 10 else f"{v:.1f}"

@@ -1,0 +1,87 @@
+"""Layer map: one cell per decoder block (snapshot.layer_cells).
+
+Glyph *and* colour encode the state, so the map reads in monochrome too:
+█ resident on the accelerator, ▓ streamed (host weights copied in per forward),
+░ runs on the host, ▒ moving now.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widget import Widget
+
+from labtui.engine.snapshot import CELL_HOST, CELL_MOVING, CELL_RESIDENT, CELL_STREAM
+
+GLYPH = {CELL_RESIDENT: "█", CELL_STREAM: "▓", CELL_HOST: "░", CELL_MOVING: "▒"}
+NAME = {
+    CELL_RESIDENT: "resident",
+    CELL_STREAM: "streamed",
+    CELL_HOST: "on host",
+    CELL_MOVING: "moving",
+}
+LEGEND = "  ".join(
+    f"{GLYPH[c]} {NAME[c]}" for c in (CELL_RESIDENT, CELL_STREAM, CELL_HOST, CELL_MOVING)
+)
+
+
+def cell_width(n: int, width: int) -> int:
+    """Cells per block: up to 3 ("██ ") when there is room, "█ " at 2, solid at 1."""
+    if n <= 0:
+        return 1
+    return max(1, min(3, width // n))
+
+
+class LayerMap(Widget):
+    COMPONENT_CLASSES = {
+        "layermap--resident",
+        "layermap--stream",
+        "layermap--host",
+        "layermap--moving",
+    }
+
+    cells: reactive[str] = reactive("", layout=True)
+
+    def __init__(self, cells: str = "", **kw) -> None:
+        super().__init__(**kw)
+        self.set_reactive(LayerMap.cells, cells)
+        self.tooltip = LEGEND
+
+    def _style_for(self, c: str):
+        name = {
+            CELL_RESIDENT: "layermap--resident",
+            CELL_STREAM: "layermap--stream",
+            CELL_HOST: "layermap--host",
+            CELL_MOVING: "layermap--moving",
+        }.get(c, "layermap--host")
+        return self.get_component_rich_style(name)
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        n = len(self.cells)
+        if n == 0 or width <= 0:
+            return 1
+        cw = cell_width(n, width)
+        per_line = max(1, width // cw)
+        return math.ceil(n / per_line)
+
+    def render(self) -> Text:
+        width = max(1, self.content_size.width)
+        n = len(self.cells)
+        t = Text(no_wrap=False)
+        if n == 0:
+            return t
+        cw = cell_width(n, width)
+        per_line = max(1, width // cw)
+        styles = {c: self._style_for(c) for c in set(self.cells)}
+        for i, c in enumerate(self.cells):
+            if i and i % per_line == 0:
+                t.append("\n")
+            glyph = GLYPH.get(c, "?")
+            if cw >= 2:
+                t.append(glyph * (cw - 1), styles[c])
+                t.append(" ")
+            else:
+                t.append(glyph * cw, styles[c])
+        return t

@@ -1,0 +1,191 @@
+"""One card per hosted model: what it is, where its layers live, how fast it runs."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import events, on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Sparkline, Static
+
+from labtui.engine.snapshot import ModelSnapshot
+from labtui.tui.format import ellipsize, fmt_bytes, fmt_params, fmt_rate, fmt_s, one_line_text
+from labtui.tui.messages import ModelAction, ModelSelected
+from labtui.tui.widgets.layer_map import LayerMap
+from labtui.tui.widgets.phases import PhaseBar
+from labtui.tui.widgets.slider import ResidencySlider
+
+STATE_GLYPH = {
+    "loading": "◌",
+    "serving": "●",
+    "idle": "○",
+    "preempting": "◐",
+    "preempted": "⏸",
+    "resuming": "◑",
+    "unloading": "◌",
+}
+
+
+def metrics_line(ms: ModelSnapshot, width: int) -> Text:
+    """The card's figures, as many as fit in ``width`` (least important dropped first)."""
+    parts: list[tuple[str, str]] = [
+        ("TTFT ", fmt_s(ms.ttft_p50)),
+        ("TPOT ", fmt_s(ms.tpot_p50)),
+        ("q ", str(ms.queued)),
+        ("run ", str(ms.running)),
+        ("done ", str(ms.completed)),
+        ("", f"{ms.achieved_gbps:.2f} GB/s"),
+        ("", f"{fmt_bytes(ms.bytes_per_token, 0)}/tok"),
+    ]
+    while parts:
+        plain = "  ".join(a + b for a, b in parts)
+        if len(plain) <= width or len(parts) <= 5:
+            break
+        parts.pop()
+    t = Text(no_wrap=True, overflow="ellipsis")
+    for i, (label, value) in enumerate(parts):
+        if i:
+            t.append("  ")
+        t.append(label, "dim")
+        t.append(value)
+    return t
+
+
+class CardButton(Button):
+    """Compact, mouse-only button: the keyboard reaches the same action through the
+    app's keys (p, r, w, m, f, u), so tab moves between cards, not buttons."""
+
+    can_focus = False
+
+    def __init__(self, label: str, action: str, **kw) -> None:
+        super().__init__(label, compact=True, id=f"btn-{action}", classes="card-btn", **kw)
+        self.action_name = action
+
+
+class ModelCard(Vertical):
+    def __init__(self, ms: ModelSnapshot, series: int = 0) -> None:
+        super().__init__(id=f"card-{ms.id}", classes=f"model-card series-{series % 6}")
+        self.model_id = ms.id
+        self.series = series
+        self._ms = ms
+        self._cache: dict[str, object] = {}
+        self.slider = ResidencySlider(ms.id, ms.n_layers, ms.resident_layers, classes="slider")
+        self.layer_map = LayerMap(ms.layer_cells, classes="layer-map")
+        self.phase_bar = PhaseBar(classes="phase-bar")
+        self.spark = Sparkline([], classes="toks-spark")
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(classes="card-row"):
+            yield Static("layers", classes="row-label")
+            yield self.layer_map
+            yield Static("", classes="layer-count")
+        with Horizontal(classes="card-row"):
+            yield Static("resid.", classes="row-label")
+            yield self.slider
+        with Horizontal(classes="card-row card-buttons"):
+            yield CardButton(
+                "stream", "mode", tooltip="offload mode of non-resident blocks: stream or host (m)"
+            )
+            yield CardButton(
+                "prefetch", "prefetch", tooltip="copy the next streamed block during compute (f)"
+            )
+            yield CardButton("preempt", "preempt", variant="warning")
+            yield CardButton("resume", "resume", variant="success")
+            yield CardButton("workload", "workload", variant="primary")
+            yield CardButton("unload", "unload", variant="error")
+        with Horizontal(classes="card-row toks-row"):
+            yield Static("", classes="toks-now")
+            yield self.spark
+        yield Static("", classes="card-metrics")
+        yield self.phase_bar
+        yield Static("", classes="card-text")
+
+    def on_mount(self) -> None:
+        self.update_from(self._ms, force=True)
+
+    # -- updates ---------------------------------------------------------------
+
+    def _set(self, key: str, widget: Static, value) -> None:
+        if self._cache.get(key) != value:
+            self._cache[key] = value
+            widget.update(value)
+
+    def update_from(self, ms: ModelSnapshot, force: bool = False) -> None:
+        self._ms = ms
+        if not self.is_mounted:
+            return
+        glyph = STATE_GLYPH.get(ms.state, "●")
+        title = f"[b]{ms.id}[/b] · {ms.family} {fmt_params(ms.params)} · {ms.n_layers} layers"
+        if self.border_title != title:
+            self.border_title = title
+        sub = f"{glyph} {ms.state}"
+        if self.border_subtitle != sub:
+            self.border_subtitle = sub
+        for st in (
+            "loading",
+            "serving",
+            "idle",
+            "preempting",
+            "preempted",
+            "resuming",
+            "unloading",
+        ):
+            self.set_class(ms.state == st, f"-state-{st}")
+
+        self.layer_map.cells = ms.layer_cells
+        self.slider.n_layers = max(1, ms.n_layers)
+        self.slider.sync(ms.resident_layers)
+
+        n_m = ms.layer_cells.count("M")
+        count = f"{ms.resident_layers}/{ms.n_layers}"
+        if n_m:
+            count += f" ▒{n_m}"
+        self._set("count", self.query_one(".layer-count", Static), count)
+
+        self.query_one("#btn-mode", Button).label = ms.mode
+        self.query_one("#btn-prefetch", Button).label = "prefetch✓" if ms.prefetch else "prefetch✗"
+        paused = ms.state in ("preempted", "preempting")
+        self.query_one("#btn-preempt", Button).disabled = paused or ms.state == "resuming"
+        self.query_one("#btn-resume", Button).disabled = ms.state != "preempted"
+
+        toks = Text.assemble(("tok/s ", "dim"), (fmt_rate(ms.tok_s).rjust(6), "bold"))
+        self._set("toks", self.query_one(".toks-now", Static), toks)
+        hist = list(ms.tok_s_history)
+        if self._cache.get("hist") != hist:
+            self._cache["hist"] = hist
+            self.spark.data = hist or [0.0]
+
+        width = self.query_one(".card-metrics", Static).content_size.width or 60
+        metrics = metrics_line(ms, width)
+        self._set("metrics", self.query_one(".card-metrics", Static), metrics)
+
+        self.phase_bar.report = ms.last_preemption
+        self.phase_bar.display = ms.last_preemption is not None
+
+        text_w = max(10, self.query_one(".card-text", Static).content_size.width or 60)
+        last = one_line_text(ms.last_text)
+        shown = Text.assemble(
+            ("» ", "dim"),
+            ellipsize(last, text_w - 2) if last else ("(no output yet)", "dim italic"),
+        )
+        self._set("text", self.query_one(".card-text", Static), shown)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._cache.pop("text", None)
+        self.update_from(self._ms)
+
+    # -- input -----------------------------------------------------------------
+
+    @on(Button.Pressed, ".card-btn")
+    def _button(self, event: Button.Pressed) -> None:
+        event.stop()
+        assert isinstance(event.button, CardButton)
+        self.slider.focus()
+        self.post_message(ModelAction(self.model_id, event.button.action_name))
+
+    def on_click(self, event: events.Click) -> None:
+        if not self.slider.has_focus:
+            self.slider.focus()
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        self.post_message(ModelSelected(self.model_id))
