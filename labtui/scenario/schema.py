@@ -341,7 +341,7 @@ def resolve_source(source: str, base: Path | None) -> str:
     if p.exists():
         return str(p.resolve())
     if pathlike:
-        raise ValueError(f"local checkpoint folder {source!r} not found (looked at {p})")
+        raise ValueError(f"local checkpoint folder {source!r} not found (looked at {p.resolve()})")
     if source.count("/") > 1 or not re.fullmatch(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)?", source):
         raise ValueError(
             f"{source!r} is not a zoo name, an existing folder or a hub id; "
@@ -471,6 +471,10 @@ def check_semantics(scn: Scenario, base: Path | None) -> list[tuple[tuple, str]]
             _ref((*loc, "model"), t.model, known)
         if t.action == "launch_workload" and t.id:
             wl_ids.add(t.id)
+        if t.action == "cancel_workload" and t.workload not in wl_ids:
+            out.append(((*loc, "workload"), f"unknown workload {t.workload!r}"
+                        f"{_did_you_mean(t.workload, sorted(wl_ids))}; accepted: ids given to "
+                        f"earlier workloads: {', '.join(sorted(wl_ids)) or 'none have an id'}"))
         if t.when is not None:
             if t.when.model is not None:
                 _ref((*loc, "when", "model"), t.when.model, known)
@@ -517,11 +521,12 @@ def _check_sweep(sw: Sweep, scn: Scenario, declared: set[str], at: tuple) -> lis
                 sw.model[j] = resolve_source(src, scn.path.parent if scn.path else None)
             except ValueError as e:
                 out.append(((*at, "model", j), str(e)))
+    loaded = declared | {t.id for t in scn.timeline if t.action == "load"}
     for j, pair in enumerate(sw.sources or []):
         for mid, src in pair.items():
-            if mid not in declared:
+            if mid not in loaded:
                 out.append(((*at, "sources", j), f"unknown model {mid!r}; accepted: "
-                            f"{', '.join(sorted(declared))}"))
+                            f"{', '.join(sorted(loaded))}"))
                 continue
             try:
                 pair[mid] = resolve_source(src, scn.path.parent if scn.path else None)
@@ -640,6 +645,9 @@ def _format_validation(e: ValidationError, raw: str, label: str) -> str:
         msg = str(ctx.get("error", err["msg"]))
         if not isinstance(inp, dict) and repr(inp) not in msg:
             msg = f"got {inp!r}: {msg}"
+    elif "residency" in loc and typ in ("less_than_equal", "greater_than_equal"):
+        msg = (f"got {inp!r}; accepted: a fraction from 0.0 to 1.0 "
+               "(share of decoder blocks on the accelerator)")
     elif typ in _ACCEPTED:
         msg = f"got {inp!r}; accepted: {_ACCEPTED[typ].format(**ctx)}"
     else:

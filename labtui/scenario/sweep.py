@@ -151,9 +151,13 @@ def _substitute(base: dict, values: dict, targets: list[str]) -> dict:
     for axis, v in values.items():
         if axis == "model":
             models[targets[0]]["source"] = v
-        elif axis == "sources":
+        elif axis == "sources":  # [[models]] or timeline loads (the preemption's B)
             for mid, src in v.items():
-                models[mid]["source"] = src
+                if mid in models:
+                    models[mid]["source"] = src
+                for t in data["timeline"]:
+                    if t["action"] == "load" and t["id"] == mid:
+                        t["source"] = src
         elif axis == "link":
             data["device"]["link"] = v
         elif axis in ("offload", "prefetch"):

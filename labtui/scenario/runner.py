@@ -1,0 +1,435 @@
+"""The headless runner: `labtui run SCENARIO` -> a result bundle.
+
+For every sweep point and repetition: a fresh engine (each point is a clean run),
+the scenario's models loaded, an optional warm-up request per model (excluded
+from timing), then workloads and timeline driven by ``Schedule`` until the
+timeline is done and every workload has finished. Events are written as they
+happen (a listener on the engine's worker thread), metrics sampled on a thread,
+summary.json written last, also after Ctrl-C (marked interrupted).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import labtui
+from labtui.engine.commands import CancelWorkload, LaunchWorkload, Note
+from labtui.errors import LabError, one_line
+from labtui.scenario import stats as _stats
+from labtui.scenario.bundle import SAMPLE_S, BundleWriter
+from labtui.scenario.progress import Progress
+from labtui.scenario.recorder import scenario_to_toml
+from labtui.scenario.schedule import Schedule
+from labtui.scenario.schema import Scenario, as_command, load_scenario
+from labtui.scenario.sweep import SweepPoint, apply_quick, expand, repeat_count, warmup_tokens
+
+POLL_S = 0.02  # how often the schedule is checked (a `when tokens` fires within ~1 step)
+WARMUP_PROMPT = "The lab warms up before it measures."
+
+
+@dataclass
+class RunResult:
+    path: Path
+    summary: dict
+    interrupted: bool = False
+
+
+@dataclass
+class _RunState:
+    stop: str | None = None  # None | "interrupted" | "timed_out"
+    warnings: list[str] = field(default_factory=list)
+
+
+def cli_run(args: Any) -> int:
+    scn = load_scenario(args.scenario)
+    if getattr(args, "check", False):
+        print(check_line(scn, quick=getattr(args, "quick", False)))
+        return 0
+    res = run_scenario(scn, out=args.out, device=args.device, quick=args.quick,
+                       argv=["labtui", *sys.argv[1:]])
+    if res.interrupted:
+        print(f"labtui: interrupted; partial results in {res.path}", file=sys.stderr)
+        return 130
+    print(res.path)
+    return 0
+
+
+def check_line(scn: Scenario, quick: bool = False) -> str:
+    """One line: what `labtui run` would do with this scenario."""
+    pts, reps = len(expand(scn)), repeat_count(scn)
+    q = apply_quick(scn)
+    qpts, qreps = len(expand(q)), repeat_count(q)
+    where = scn.path or "<scenario>"
+    return (f"ok: {where}: '{scn.name}': {len(scn.models)} model(s), {len(scn.workloads)} "
+            f"workload(s), {len(scn.timeline)} timeline entr{'y' if len(scn.timeline) == 1 else 'ies'}; "
+            f"{pts} point(s) x {reps} repeat(s); --quick: {qpts} x {qreps}"
+            + (" (checked as --quick)" if quick else ""))
+
+
+def default_out(name: str) -> Path:
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    p, n = base, 2
+    while p.exists():
+        p, n = Path(f"{base}-{n}"), n + 1
+    return p
+
+
+def run_scenario(
+    scn: Scenario,
+    out: str | Path | None = None,
+    device: str | None = None,
+    quick: bool = False,
+    argv: list[str] | None = None,
+    progress: bool = True,
+    engine_factory: Callable[..., Any] | None = None,
+) -> RunResult:
+    run_scn = apply_quick(scn) if quick else scn
+    if device is not None:
+        data = run_scn.model_dump(mode="python")
+        data["device"]["kind"] = device
+        run_scn = run_scn.with_updates(data)
+    points = expand(run_scn)
+    writer = BundleWriter(out if out is not None else default_out(run_scn.name))
+    return _Run(run_scn, points, writer, quick, device, argv or [], progress,
+                engine_factory).run()
+
+
+class _Run:
+    def __init__(self, scn, points, writer, quick, device, argv, progress, engine_factory):
+        self.scn: Scenario = scn
+        self.points: list[SweepPoint] = points
+        self.writer: BundleWriter = writer
+        self.quick, self.device, self.argv = quick, device, argv
+        self.reps = repeat_count(scn)
+        self.warmup = warmup_tokens(scn)
+        self.state = _RunState()
+        self.progress = Progress(f"labtui run {scn.name}", enabled=progress)
+        self.engine_factory = engine_factory
+        self.t0 = time.monotonic()
+        self.started = _dt.datetime.now().astimezone()
+        self.runs: list[dict] = []
+        self.env_written = False
+        self.error: str | None = None
+        self._sampler = _Sampler(self)
+        self.eng: Any = None
+        self.point: SweepPoint | None = None
+        self.rep = 0
+        self.phase = "setup"
+        self._timed_events: list[dict] = []
+
+    # -- top level ---------------------------------------------------------
+
+    def run(self) -> RunResult:
+        header = (f"as run by labtui {labtui.__version__} at {self.started.isoformat(timespec='seconds')}\n"
+                  f"command: {' '.join(self.argv) or 'run_scenario()'}\n"
+                  f"from: {self.scn.path}\n"
+                  + ("--quick applied: shorter workloads, fewer sweep points, one repetition\n" if self.quick else "")
+                  + (f"--device {self.device} applied to [device].kind\n" if self.device else ""))
+        self.writer.write_text("scenario.toml", scenario_to_toml(self.scn, header=header))
+        old = self._install_sigint()
+        self._sampler.start()
+        try:
+            with self.progress:
+                for point in self.points:
+                    for rep in range(self.reps):
+                        if self.state.stop:
+                            break
+                        self._run_point(point, rep)
+        except LabError as e:
+            self.error = str(e)
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now, still write the summary
+            self.state.stop = "interrupted"
+        finally:
+            self._sampler.stop()
+            self._close_engine()
+            summary = self._summary()
+            self.writer.write_json("summary.json", summary)
+            self.writer.close()
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+        return RunResult(self.writer.path, summary, self.state.stop == "interrupted")
+
+    def _install_sigint(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self.state.stop == "interrupted":
+                raise KeyboardInterrupt
+            self.state.stop = "interrupted"
+            self.progress.line("Ctrl-C: stopping after this step (again to stop at once)", "yellow")
+
+        return signal.signal(signal.SIGINT, handler)
+
+    # -- one point, one repetition ---------------------------------------
+
+    def _make_engine(self, scn: Scenario) -> Any:
+        kw = scn.device.engine_kwargs()
+        kw.update(policy=scn.lab.policy, seed=scn.lab.seed)
+        if self.engine_factory is not None:
+            return self.engine_factory(**kw)
+        from labtui.engine import Engine
+
+        return Engine(**kw)
+
+    def _run_point(self, point: SweepPoint, rep: int) -> None:
+        scn = point.scenario
+        self.point, self.rep, self.phase = point, rep, "setup"
+        self._timed_events = []
+        refused: list[str] = []
+        warnings: list[str] = []
+        head = f"point {point.index + 1}/{len(self.points)} rep {rep + 1}/{self.reps} · {point.label()}"
+        self.progress.head = head
+        self.progress.line(head)
+        started = time.monotonic()
+        self.eng = eng = self._make_engine(scn)
+        eng.add_listener(self._on_event)
+        if not self.env_written:
+            self._write_env(eng)
+        for i, m in enumerate(scn.models):
+            try:
+                eng.execute(as_command(m))
+            except LabError as e:
+                raise LabError(f"models[{i}] ({m.id}): {e}") from None
+            if self.state.stop:
+                break
+        if self.warmup and not self.state.stop:
+            self.phase = "warmup"
+            for m in scn.models:
+                eng.generate(m.id, WARMUP_PROMPT, max_new_tokens=self.warmup)
+        snap = eng.snapshot()
+        base_tokens = {m.id: m.tokens_generated for m in snap.models}
+        base_done = {m.id: m.completed for m in snap.models}
+        self.phase = "run"
+        self._runner_line("point_start", values=point.values, label=point.label(),
+                          device=_device_info(snap), models=_models_info(snap))
+        schedule, wids = Schedule(scn), {}
+        t_point = time.monotonic()
+        finished = False
+        while not self.state.stop:
+            now = time.monotonic() - t_point
+            view = _SnapView(eng.snapshot(), base_tokens, base_done, wids)
+            for step in schedule.due(now, view):
+                self._execute(eng, step, wids, refused, warnings)
+                if self.state.stop:
+                    break
+            view = _SnapView(eng.snapshot(), base_tokens, base_done, wids)
+            if (why := schedule.stalled(view)) is not None:
+                warnings.append(why + f": {', '.join(schedule.skip_rest())}")
+                self.progress.line(warnings[-1], "yellow")
+            if schedule.done and view.idle():
+                finished = True
+                break
+            if schedule.done and view.stuck():
+                warnings.append("models still hold requests but are preempted with nothing left "
+                                "to resume them: " + ", ".join(view.preempted_busy()))
+                self.progress.line(warnings[-1], "yellow")
+                break
+            if time.monotonic() - self.t0 > self.scn.lab.timeout_s:
+                self.state.stop = "timed_out"
+                warnings.append(f"run timeout ({self.scn.lab.timeout_s:g} s, [lab].timeout_s) reached")
+                self.progress.line(warnings[-1], "yellow")
+                break
+            self.progress.update(view.snap, time.monotonic() - self.t0)
+            time.sleep(POLL_S)
+        wall = time.monotonic() - t_point
+        try:
+            engine_summary = eng.summary()
+        except Exception as e:  # noqa: BLE001 - the run's data so far still matters
+            engine_summary = {"error": one_line(e)}
+        run_stats = _stats.run_stats(self._timed_events)
+        self._runner_line("point_end", wall_s=wall, finished=finished, stats=run_stats,
+                          refused=refused, warnings=warnings)
+        self._close_engine()
+        self.runs.append({
+            "point": point.index, "rep": rep, "label": point.label(), "values": point.values,
+            "wall_s": wall, "setup_s": t_point - started, "finished": finished,
+            "stats": run_stats, "engine": engine_summary, "refused": refused, "warnings": warnings,
+        })
+        self.state.warnings += [f"point {point.index} rep {rep}: {w}" for w in refused + warnings]
+        tok = ", ".join(f"{m} {s['decode_tok_s']:.1f} tok/s" for m, s in run_stats.items()
+                        if s.get("decode_tok_s"))
+        self.progress.line(f"  done in {wall:.1f}s{': ' + tok if tok else ''}")
+
+    def _execute(self, eng: Any, step: Any, wids: dict, refused: list, warnings: list) -> None:
+        if step.kind == "wait_timeout":
+            warnings.append(f"{step.source} (wait_idle) timed out; went on")
+            return
+        if step.kind != "command":
+            return
+        cmd = step.command
+        if isinstance(cmd, CancelWorkload) and cmd.workload in wids:
+            cmd = CancelWorkload(workload=wids[cmd.workload])  # the engine's id for it
+        if isinstance(cmd, Note):
+            self.progress.note = cmd.text
+            self.progress.line(f"note: {cmd.text}", "italic")
+        try:
+            result = eng.execute(cmd)
+        except LabError as e:
+            refused.append(f"{step.source} ({cmd.action}): {e}")
+            self.progress.line(f"refused: {refused[-1]}", "red")
+            return
+        if isinstance(cmd, LaunchWorkload):
+            wids[step.workload_id or step.source] = result
+
+    def _close_engine(self) -> None:
+        if self.eng is not None:
+            try:
+                self.eng.close()
+            finally:
+                self.eng = None
+
+    # -- recording ---------------------------------------------------------
+
+    def _on_event(self, ev: Any) -> None:
+        rec = {"seq": ev.seq, "t": round(ev.t, 6), "kind": ev.kind, **ev.data,
+               "point": self.point.index if self.point else 0, "rep": self.rep, "phase": self.phase}
+        self.writer.event(rec)
+        if ev.kind in ("request_start", "request_finish"):
+            self._timed_events.append(rec)
+
+    def _runner_line(self, kind: str, **data: Any) -> None:
+        eng_t = self.eng.snapshot().t if self.eng is not None else None
+        self.writer.event({"seq": None, "t": eng_t, "kind": kind, "source": "runner",
+                           "point": self.point.index, "rep": self.rep, "phase": self.phase,
+                           "run_t": round(time.monotonic() - self.t0, 6), **data})
+
+    def _write_env(self, eng: Any) -> None:
+        try:
+            env = dict(eng.env_info())
+        except Exception as e:  # noqa: BLE001
+            env = {"env_info_error": one_line(e)}
+        env.update(labtui_version=labtui.__version__, argv=self.argv,
+                   started=self.started.isoformat(timespec="seconds"),
+                   hostname=platform.node(), python=platform.python_version(),
+                   scenario=str(self.scn.path), quick=self.quick, device_override=self.device)
+        self.writer.write_json("env.json", env)
+        self.env_written = True
+
+    def _summary(self) -> dict:
+        s = {
+            "labtui_version": labtui.__version__,
+            "scenario": self.scn.name,
+            "scenario_file": str(self.scn.path),
+            "description": self.scn.lab.description,
+            "started": self.started.isoformat(timespec="seconds"),
+            "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "wall_s": time.monotonic() - self.t0,
+            "interrupted": self.state.stop == "interrupted",
+            "timed_out": self.state.stop == "timed_out",
+            "error": self.error,
+            "quick": self.quick,
+            "device_override": self.device,
+            "repeat": self.reps,
+            "warmup_tokens": self.warmup,
+            "axes": self.scn.sweep.axes() if self.scn.sweep else {},
+            "runs_planned": len(self.points) * self.reps,
+            "runs_done": len(self.runs),
+            "points": _stats.point_results(self.runs),
+            "runs": self.runs,
+            "warnings": self.state.warnings,
+        }
+        if len(self.runs) == 1:  # one run: its per-model engine summary, as eng.summary()
+            s["models"] = self.runs[0]["engine"]
+        return s
+
+
+class _SnapView:
+    """Schedule's questions, answered from one engine snapshot."""
+
+    def __init__(self, snap: Any, base_tokens: dict, base_done: dict, wids: dict) -> None:
+        self.snap, self._bt, self._bd, self._wids = snap, base_tokens, base_done, wids
+
+    def tokens(self, model: str) -> int:
+        m = self.snap.model(model)
+        return m.tokens_generated - self._bt.get(model, 0) if m else 0
+
+    def completed(self, model: str) -> int:
+        m = self.snap.model(model)
+        return m.completed - self._bd.get(model, 0) if m else 0
+
+    def workload_done(self, workload: str) -> bool:
+        eid = self._wids.get(workload)
+        w = next((w for w in self.snap.workloads if w.id == eid), None)
+        return w is not None and w.done
+
+    def idle(self) -> bool:
+        return (all(m.queued == 0 and m.running == 0 for m in self.snap.models)
+                and all(w.done for w in self.snap.workloads))
+
+    def preempted_busy(self) -> list[str]:
+        return [m.id for m in self.snap.models if (m.queued or m.running) and m.state == "preempted"]
+
+    def stuck(self) -> bool:
+        if self.idle():
+            return True
+        busy = [m for m in self.snap.models if m.queued or m.running]
+        open_models = {w.model for w in self.snap.workloads if not w.done}
+        return all(m.state == "preempted" for m in busy) and all(
+            (mm := self.snap.model(mid)) is not None and mm.state == "preempted" for mid in open_models)
+
+
+class _Sampler:
+    """Samples the current engine's snapshot into metrics.csv every SAMPLE_S."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="labtui-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            eng, point = self.run.eng, self.run.point
+            if eng is None or point is None:
+                continue
+            try:
+                snap = eng.snapshot()
+            except Exception:  # noqa: BLE001 - engine closing under us; next tick
+                continue
+            t = round(time.monotonic() - self.run.t0, 3)
+            rows = [{
+                "t": t, "model": m.id, "state": m.state, "residency": m.residency,
+                "resident_layers": m.resident_layers, "mode": m.mode, "tok_s": m.tok_s,
+                "tok_s_overall": m.tok_s_overall, "tokens": m.tokens_generated,
+                "accel_weights_bytes": m.ledger.accel_weights, "accel_kv_bytes": m.ledger.accel_kv,
+                "host_bytes": m.ledger.host_total, "queued": m.queued, "running": m.running,
+                "completed": m.completed, "device_used_bytes": snap.device.used_bytes,
+                "point": point.index, "rep": self.run.rep,
+            } for m in snap.models]
+            self.run.writer.metric_rows(rows)
+
+
+def _device_info(snap: Any) -> dict:
+    d = snap.device
+    return {"kind": d.kind, "name": d.name, "simulated": d.simulated, "link": d.link,
+            "link_gbps": d.link_gbps, "link_latency_us": d.link_latency_us,
+            "host_slowdown": d.host_slowdown, "budget_bytes": d.budget_bytes}
+
+
+def _models_info(snap: Any) -> dict:
+    return {m.id: {"source": m.source, "family": m.family, "params": m.params,
+                   "n_layers": m.n_layers, "residency": m.residency,
+                   "resident_layers": m.resident_layers, "mode": m.mode, "prefetch": m.prefetch}
+            for m in snap.models}
+
+
+def run_file(path: str | Path, **kw: Any) -> RunResult:
+    """Script entry: load a scenario file (or built-in name) and run it."""
+    return run_scenario(load_scenario(path), **kw)
