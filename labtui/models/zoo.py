@@ -40,7 +40,7 @@ BOS_ID, EOS_ID, UNK_ID, PAD_ID = 0, 1, 2, 3
 
 # Bumped when the recipe changes (init, tokenizer, layout): a checkpoint built by
 # another recipe is rebuilt rather than silently reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 _MARKER = "labtui-zoo.json"
 
 # Models up to this many parameters are stored in float32, bigger ones in bfloat16.
@@ -111,8 +111,8 @@ _SPECS = [
         _llama_like(448, 8, 8, 2, 1536, tie=False, sliding_window=None, head_dim=56),
         add_bos=True,
     ),
-    ZooSpec("gpt2-10m", "gpt2", 4096, _gpt2(320, 6, 5)),
-    ZooSpec("gpt2-120m", "gpt2", 8192, _gpt2(768, 16, 12)),
+    ZooSpec("gpt2-10m", "gpt2", 4096, _gpt2(320, 6, 5), init_gain=2.5),
+    ZooSpec("gpt2-120m", "gpt2", 8192, _gpt2(768, 16, 12), init_gain=2.5),
     ZooSpec(
         "phi3-15m",
         "phi3",
@@ -512,7 +512,9 @@ def cli_zoo(args) -> int:
     if action == "list":
         table = Table(title="labtui zoo (synthetic checkpoints)")
         for col in ("name", "family", "params", "layers", "bytes", "built"):
-            table.add_column(col, justify="right" if col in ("params", "layers", "bytes") else "left")
+            table.add_column(
+                col, justify="right" if col in ("params", "layers", "bytes") else "left"
+            )
         for r in list_zoo():
             table.add_row(
                 r["name"],
