@@ -26,6 +26,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.widgets import Footer, Static, Tab, Tabs
 
 from labtui.engine.commands import (
@@ -198,6 +199,12 @@ class LabApp(App):
     # -- the poll loop -----------------------------------------------------------
 
     def _tick(self) -> None:
+        try:
+            self._poll()
+        except NoMatches:
+            pass  # the app is shutting down: its widgets are already gone
+
+    def _poll(self) -> None:
         eng = self.engine
         if eng is None:
             return

@@ -37,10 +37,8 @@ class _Modal(ModalScreen):
             yield Button("Cancel", id="cancel")
 
 
-def _radio(label: str, value: str, current: str) -> RadioButton:
-    b = RadioButton(label, value=value == current)
-    b.name = value
-    return b
+def _radio(group: str, label: str, value: str, current: str) -> RadioButton:
+    return RadioButton(label, value=value == current, name=value, id=f"{group}-{value}")
 
 
 class PreemptModal(_Modal):
@@ -54,19 +52,21 @@ class PreemptModal(_Modal):
         with Vertical(classes="modal", id="preempt-modal") as v:
             v.border_title = f"preempt {self.model}"
             yield Static(
-                "Pause the model to free the accelerator. Its cost is measured in the "
-                "study's four phases: kv_out, release, then on resume reload, kv_in.",
+                "Pause the model to free the accelerator; the cost is measured in the "
+                "study's phases: kv_out, release now; reload, kv_in on resume.",
                 classes="modal-help",
             )
             yield Label("KV cache")
             with RadioSet(id="kv"):
-                yield _radio("swap — copy to host RAM", "swap", "swap")
-                yield _radio("keep — leave on the accelerator", "keep", "swap")
-                yield _radio("drop — recompute on resume", "drop", "swap")
+                yield _radio("kv", "swap — copy to host RAM", "swap", "swap")
+                yield _radio("kv", "keep — leave on the accelerator", "keep", "swap")
+                yield _radio("kv", "drop — recompute on resume", "drop", "swap")
             yield Label("weights")
             with RadioSet(id="weights"):
-                yield _radio("host — keep a copy in host RAM", "host", "host")
-                yield _radio("disk — release, reload from the checkpoint", "disk", "host")
+                yield _radio("weights", "host — keep a copy in host RAM", "host", "host")
+                yield _radio(
+                    "weights", "disk — release, reload from the checkpoint", "disk", "host"
+                )
             yield from self._buttons("Preempt")
 
     def on_mount(self) -> None:

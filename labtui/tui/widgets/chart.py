@@ -20,7 +20,9 @@ from textual.widget import Widget
 
 from labtui.engine.snapshot import EngineSnapshot
 
-SETTLE_S = 2.0
+# A point is taken once the engine's "tok/s now" window (engine.metrics.WINDOW_S,
+# 3 s) holds only samples at the new residency, plus a little margin.
+SETTLE_S = 3.5
 N_SERIES = 6
 
 _BRAILLE = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # [row][col]
@@ -223,8 +225,8 @@ class ScatterChart(Widget):
             t.append_text(legend)
             t.append("\n\n")
             t.append(
-                "  No points yet. Points appear when a model has decoded at one\n"
-                "  residency for 2 s. Move a slider (←/→) and watch the curve grow.",
+                "  No points yet. A point appears when a model has decoded at one\n"
+                f"  residency for {SETTLE_S:g} s. Move a slider (←/→) and watch the curve grow.",
                 self.get_component_rich_style("chart--empty"),
             )
         return t

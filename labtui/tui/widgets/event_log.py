@@ -47,13 +47,19 @@ LABEL = {
 QUIET = {"request_start", "request_finish", "command"}  # too many to show one per line
 
 
-def _layers(ls: list[int]) -> str:
-    ls = sorted(ls)
-    if len(ls) == 1:
-        return f"L{ls[0]}"
-    if ls == list(range(ls[0], ls[-1] + 1)):
-        return f"L{ls[0]}–L{ls[-1]}"
-    return "L" + ",".join(str(i) for i in ls)
+def _layers(ls: list) -> str:
+    """Block indices as 'L3', 'L3–L7' or 'L1,4'; named units (e.g. 'embed+head') as is."""
+    names = [str(x) for x in ls if not isinstance(x, int)]
+    ints = sorted(x for x in ls if isinstance(x, int))
+    if not ints:
+        part = ""
+    elif len(ints) == 1:
+        part = f"L{ints[0]}"
+    elif ints == list(range(ints[0], ints[-1] + 1)):
+        part = f"L{ints[0]}–L{ints[-1]}"
+    else:
+        part = "L" + ",".join(str(i) for i in ints)
+    return " ".join(x for x in [*dict.fromkeys(names), part] if x)
 
 
 def fold_moves(events: list[Event]) -> list[Event | list[Event]]:

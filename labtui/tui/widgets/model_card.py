@@ -115,7 +115,10 @@ class ModelCard(Vertical):
         if not self.is_mounted:
             return
         glyph = STATE_GLYPH.get(ms.state, "●")
-        title = f"[b]{ms.id}[/b] · {ms.family} {fmt_params(ms.params)} · {ms.n_layers} layers"
+        if ms.n_layers == 0:  # still loading: family and size not known yet
+            title = f"[b]{ms.id}[/b] · {ms.source}"
+        else:
+            title = f"[b]{ms.id}[/b] · {ms.family} {fmt_params(ms.params)} · {ms.n_layers} layers"
         if self.border_title != title:
             self.border_title = title
         sub = f"{glyph} {ms.state}"

@@ -1,0 +1,167 @@
+"""`labtui screenshot [--out screenshots/]`: SVG screenshots of the lab's main states.
+
+A real engine on the simulated accelerator, two zoo models, driven through the
+lab's own keys by Textual's Pilot (App.run_test), saved with App.save_screenshot:
+
+- lab-default.svg / lab-default-80x24.svg: the opening scene, numbers moving;
+- lab-chart.svg / lab-chart-80x24.svg: decode tok/s vs residency, built by
+  stepping both models' sliders down as a user would;
+- lab-moving.svg: a model mid-move (the link slowed so the move is visible);
+- lab-preemption.svg: a preemption (kv swap, weights disk) and its resume, with
+  the four-phase breakdown.
+
+Timings are real, so numbers differ between runs; the states are the same.
+Takes about a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from labtui.errors import LabError, one_line
+
+WIDE = (200, 50)
+NARROW = (80, 24)
+
+
+def cli_screenshot(args) -> int:
+    out = Path(getattr(args, "out", None) or "screenshots")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LabError(f"cannot create {out}: {one_line(e)}") from None
+    written = asyncio.run(shoot(out, log=lambda m: print(m, file=sys.stderr)))
+    for p in written:
+        print(p)
+    return 0
+
+
+def make_engine():
+    from labtui.engine import Engine
+
+    eng = Engine(device="sim", memory_gib=2, link="pcie4-x16", host_slowdown=4.0, seed=0)
+    eng.load("zoo:llama-30m", id="llama", residency=1.0, offload="stream")
+    eng.load("zoo:qwen3-10m", id="qwen", residency=0.5, offload="stream")
+    for m in ("llama", "qwen"):
+        eng.launch_workload(
+            m, kind="closed", concurrency=1, requests=100_000, prompt_tokens=48, max_new_tokens=96
+        )
+    return eng
+
+
+async def wait_for(pilot, cond: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        await pilot.pause(step)
+    return cond()
+
+
+async def set_layers(pilot, app, model: str, k: int) -> None:
+    """Move a model's slider to k layers with the keyboard (home, then → k times)."""
+    card = app._card(model)
+    card.slider.focus()
+    await pilot.pause()
+    await pilot.press("home", *(["right"] * k))
+
+
+def _layers(eng, model: str) -> int:
+    m = eng.snapshot().model(model)
+    return m.resident_layers if m else -1
+
+
+async def shoot(out: Path, log: Callable[[str], None] = lambda m: None) -> list[Path]:
+    from labtui.tui.app import LabApp
+    from labtui.tui.widgets.chart import SETTLE_S
+
+    log("starting the engine (sim, llama-30m + qwen3-10m)…")
+    eng = make_engine()
+    written: list[Path] = []
+
+    def save(app, name: str) -> None:
+        path = out / name
+        app.save_screenshot(name, path=str(out))
+        written.append(path)
+        log(f"wrote {path}")
+
+    try:
+        app = LabApp(eng)
+        async with app.run_test(size=NARROW) as pilot:
+            await pilot.pause(5.0)
+            save(app, "lab-default-80x24.svg")
+
+        app = LabApp(eng)
+        async with app.run_test(size=WIDE) as pilot:
+            await pilot.pause(3.0)
+            save(app, "lab-default.svg")
+
+            log("building the tok/s vs residency chart (about 30 s)…")
+            steps = list(zip([8, 7, 6, 5, 4, 2, 0], [6, 5, 4, 3, 2, 1, 0], strict=True))
+            for k_llama, k_qwen in steps:
+                await set_layers(pilot, app, "llama", k_llama)
+                await set_layers(pilot, app, "qwen", k_qwen)
+                await wait_for(
+                    pilot,
+                    lambda a=k_llama, b=k_qwen: (
+                        _layers(eng, "llama") == a and _layers(eng, "qwen") == b
+                    ),
+                    20,
+                )
+                await pilot.pause(SETTLE_S + 0.8)
+            save(app, "lab-chart.svg")
+            chart_points = {m: dict(s.points) for m, s in app.chart_data.series.items()}
+
+            log("a model mid-move (link slowed to 0.02 GB/s)…")
+            await set_layers(pilot, app, "qwen", 6)
+            await wait_for(pilot, lambda: _layers(eng, "qwen") == 6, 20)
+            from labtui.engine.commands import SetDeviceOptions
+
+            eng.execute(SetDeviceOptions(link=0.02))
+            await set_layers(pilot, app, "llama", 8)
+            await wait_for(
+                pilot, lambda: "M" in (eng.snapshot().model("llama").layer_cells), 20, 0.05
+            )
+            await pilot.pause(0.6)
+            save(app, "lab-moving.svg")
+            await wait_for(pilot, lambda: _layers(eng, "llama") == 8, 60)
+            eng.execute(SetDeviceOptions(link="pcie4-x16"))
+
+            log("preempting llama (kv swap, weights disk) and resuming it…")
+            app._card("llama").slider.focus()
+            await pilot.pause(2.0)
+            await pilot.press("p")
+            await pilot.pause(0.3)
+            await pilot.click("#weights-disk")
+            await pilot.click("#ok")
+            await wait_for(pilot, lambda: eng.snapshot().model("llama").state == "preempted", 30)
+            await pilot.pause(2.0)
+            await pilot.press("r")
+            await wait_for(
+                pilot,
+                lambda: (
+                    (lp := eng.snapshot().model("llama").last_preemption) is not None
+                    and lp.complete
+                ),
+                30,
+            )
+            await pilot.pause(2.0)
+            save(app, "lab-preemption.svg")
+
+        app = LabApp(eng)
+        async with app.run_test(size=NARROW) as pilot:
+            await pilot.pause(0.5)  # first snapshot: series colours assigned
+            for m, pts in chart_points.items():
+                n = eng.snapshot().model(m).n_layers
+                for k, v in pts.items():
+                    app.chart_data.add_point(m, k, n, v, index=app.series.get(m, 0))
+            await pilot.press("3")
+            await pilot.pause(1.0)
+            save(app, "lab-chart-80x24.svg")
+    finally:
+        eng.close()
+    return written

@@ -1,0 +1,83 @@
+"""SVG snapshot tests of the lab's main screens, on hand-built engine snapshots.
+
+A FrozenEngine shows fixed EngineSnapshot/Event objects (labtui.tui.frozen), so
+nothing here depends on clocks, torch or live tok/s. Update the baselines with
+`pytest tests/test_tui_snapshots.py --snapshot-update` and look at the report.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from labtui.tui.app import LabApp
+from labtui.tui.frozen import FrozenEngine, demo_events, demo_snapshot, seed_chart
+
+ZOO_ROWS = [
+    {
+        "name": "llama-5m",
+        "family": "llama",
+        "params": 5_200_000,
+        "layers": 6,
+        "bytes": 21 << 20,
+        "built": True,
+    },
+    {
+        "name": "llama-30m",
+        "family": "llama",
+        "params": 30_100_000,
+        "layers": 8,
+        "bytes": 120 << 20,
+        "built": True,
+    },
+    {
+        "name": "qwen3-150m",
+        "family": "qwen3",
+        "params": 151_000_000,
+        "layers": 16,
+        "bytes": 302 << 20,
+        "built": False,
+    },
+]
+
+
+def frozen_app(kind: str = "default") -> LabApp:
+    app = LabApp(FrozenEngine(demo_snapshot(kind), demo_events(kind)))
+    app._zoo_rows = ZOO_ROWS
+    return app
+
+
+async def _seed(pilot) -> None:
+    await pilot.pause()
+    seed_chart(pilot.app)
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_default_lab(snap_compare, size):
+    assert snap_compare(frozen_app(), terminal_size=size, run_before=_seed)
+
+
+def test_model_mid_move(snap_compare):
+    assert snap_compare(frozen_app("moving"), terminal_size=(120, 36), run_before=_seed)
+
+
+def test_preemption_breakdown(snap_compare):
+    assert snap_compare(frozen_app("preempted"), terminal_size=(80, 24))
+
+
+def test_preemption_breakdown_wide(snap_compare):
+    assert snap_compare(frozen_app("preempted"), terminal_size=(200, 50), run_before=_seed)
+
+
+@pytest.mark.parametrize("view", ["2", "3", "4"], ids=["memory", "chart", "events"])
+def test_narrow_views(snap_compare, view):
+    assert snap_compare(frozen_app(), terminal_size=(80, 24), press=[view], run_before=_seed)
+
+
+def test_no_models(snap_compare):
+    assert snap_compare(frozen_app("empty"), terminal_size=(80, 24))
+
+
+@pytest.mark.parametrize("key", ["p", "w", "l", "o", "d", "question_mark"])
+def test_dialogs_80x24(snap_compare, key):
+    assert snap_compare(frozen_app(), terminal_size=(80, 24), press=[key])
