@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import SMALLEST, reference_tokens
 
 PROMPT = "The link between host and accelerator decides how fast tokens arrive"

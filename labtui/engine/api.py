@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -100,6 +101,11 @@ class Engine:
         base_dir: str | Path | None = None,
     ):
         _quiet_transformers()
+        # The link's pacing and prefetch threads must wake on time while the worker
+        # runs Python-heavy decode steps; the default 5 ms GIL switch interval would
+        # serialise them behind compute. 0.5 ms costs little and keeps overlap real.
+        if sys.getswitchinterval() > 0.0005:
+            sys.setswitchinterval(0.0005)
         self.device: Device = make_device(device, memory_gib, link, host_slowdown)
         self.link = Link(self.device)
         self.policy = make_policy(policy)
@@ -464,7 +470,14 @@ class Engine:
         self._step(self._models[pick[0]], pick[1])
         return True
 
-    def _apply(self, cmd: C._Cmd, fut: Future) -> None:
+    def _apply(self, cmd, fut: Future) -> None:
+        if callable(cmd):  # an internal call that must see a consistent state (tests)
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(cmd())
+                except BaseException as e:
+                    fut.set_exception(e)
+            return
         if isinstance(cmd, C.Load):
             self._pending_ids.discard(cmd.id or "")
         if not fut.set_running_or_notify_cancel():
@@ -911,8 +924,18 @@ class Engine:
         )
 
     # ------------------------------------------------------------- checks
+    def on_worker(self, fn: Callable[[], object], timeout: float | None = 60):
+        """Run ``fn`` on the worker thread between steps (a consistent state)."""
+        fut: Future = Future()
+        self._cmds.put((fn, fut))
+        self._wake.set()
+        return fut.result(timeout)
+
     def check_invariants(self) -> None:
         """For tests: ledgers exact, device accounting = sum of ledgers, budget kept."""
+        self.on_worker(self._check_invariants_now)
+
+    def _check_invariants_now(self) -> None:
         total = 0
         for ms in list(self._models.values()):
             if ms.hm is None:

@@ -102,7 +102,7 @@ def select_tokens(logits: torch.Tensor, rows: list[Request]) -> list[int]:
 
 
 def _kv_layers(cache):
-    return [] if cache is None else [l for l in cache.layers if getattr(l, "keys", None) is not None and l.keys.numel() > 0]
+    return [] if cache is None else [ly for ly in cache.layers if getattr(ly, "keys", None) is not None and ly.keys.numel() > 0]
 
 
 class Batch:
@@ -115,6 +115,7 @@ class Batch:
         self.next_ids: list[int] = []
         self.pos: list[int] = []  # logical position of next_ids per row
         self.needs_recompute = False  # KV dropped by a preemption
+        self.padded = False  # some row has left padding in the mask
 
     @property
     def cache(self):
@@ -156,6 +157,7 @@ class Batch:
         self.rows.append(req)
         self.next_ids.append(next_id)
         self.pos.append(length)
+        self.padded = bool((self.mask == 0).any().item())
 
     # ----------------------------------------------------------------- decode
     def decode_step(self, eos: set[int]) -> list[Request]:
@@ -164,7 +166,9 @@ class Batch:
         ids = torch.tensor(self.next_ids, dtype=torch.long, device=dev).unsqueeze(1)
         pos = torch.tensor(self.pos, dtype=torch.long, device=dev).unsqueeze(1)
         self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long, device=dev)], dim=1)
-        logits = forward(self.hm, ids, self.mask, pos, self.cache)
+        # Without left padding the mask is all ones: pass None, which transformers
+        # turns into the same causal path without checking every element each step.
+        logits = forward(self.hm, ids, self.mask if self.padded else None, pos, self.cache)
         toks = select_tokens(logits, self.rows)
         now = time.perf_counter()
         for r, req in enumerate(self.rows):
@@ -212,17 +216,19 @@ class Batch:
             for layer in _kv_layers(self.cache):
                 layer.keys = layer.keys[:, :, lead:, :]
                 layer.values = layer.values[:, :, lead:, :]
+        self.padded = bool((self.mask == 0).any().item())
 
     def clear(self) -> None:
         self.rows, self.next_ids, self.pos = [], [], []
         self.mask = None
         self.hm.cache = None
         self.needs_recompute = False
+        self.padded = False
 
     # ------------------------------------------------------- preemption (drop)
     def drop_kv(self) -> int:
         """Free the KV cache; rows keep their tokens and are recomputed on resume."""
-        freed = sum(l.keys.numel() * l.keys.element_size() * 2 for l in _kv_layers(self.cache))
+        freed = sum(ly.keys.numel() * ly.keys.element_size() * 2 for ly in _kv_layers(self.cache))
         if self.rows:
             self.needs_recompute = True
         self.hm.cache = None

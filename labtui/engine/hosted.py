@@ -187,6 +187,10 @@ class HostedModel:
         self.cache = None  # the running batch's DynamicCache (set by decode.Batch)
         self._hooks: set[int] = set()
         self._inflight: dict[int, Pending] = {}
+        # Streamed weights land in a small ring of reused accelerator buffers (the
+        # "stream window" the ledger reserves), not in fresh allocations per forward.
+        self._free_bufs: list[torch.Tensor] = []
+        self._buf_of: dict[int, torch.Tensor] = {}
         self._act_on_host = False
         self._host_t0 = 0.0
         self._pe_cache: tuple[int, object] | None = None
@@ -442,17 +446,41 @@ class HostedModel:
                 break
             j = order[(pos + k) % len(order)]
             if j != after and j not in self._inflight:
-                self._inflight[j] = self.link.copy_async(self.blocks[j].host_buf, H2D)
+                buf = self._take_buf(self.blocks[j].nbytes)
+                self._buf_of[j] = buf
+                self._inflight[j] = self.link.copy_async(self.blocks[j].host_buf, H2D, out=buf)
 
     def drain_prefetch(self) -> None:
-        for p in self._inflight.values():
+        for j, p in self._inflight.items():
             p.wait()
+            self._give_buf(j)
         self._inflight.clear()
+        self._free_bufs.clear()  # placement may change: sizes and count with it
+
+    def _take_buf(self, nbytes: int) -> torch.Tensor:
+        size = max(self.blocks[i].nbytes for i in self._streamed_order())
+        while self._free_bufs:
+            b = self._free_bufs.pop()
+            if b.numel() == size:
+                return b[:nbytes]
+        with torch.inference_mode(False):  # filled later by the link's thread
+            return self.device.accel_empty(size)[:nbytes]
+
+    def _give_buf(self, i: int) -> None:
+        buf = self._buf_of.pop(i, None)
+        if buf is not None:
+            base = buf._base if buf._base is not None else buf
+            self._free_bufs.append(base)
 
     def _pre_block(self, i: int, args, kwargs):
         if self.placement[i] == STREAM:
             pending = self._inflight.pop(i, None)
-            moved = pending.wait() if pending is not None else self.link.copy(self.blocks[i].host_buf, H2D)
+            if pending is not None:
+                moved = pending.wait()
+            else:
+                buf = self._take_buf(self.blocks[i].nbytes)
+                self._buf_of[i] = buf
+                moved = self.link.copy(self.blocks[i].host_buf, H2D, out=buf)
             self.blocks[i].bind(moved.tensor)
             self.stream_bytes_moved += moved.nbytes
             self._issue_prefetch(i)
@@ -469,6 +497,7 @@ class HostedModel:
     def _post_block(self, i: int, output):
         if self.placement[i] == STREAM:
             self.blocks[i].bind(self.blocks[i].host_buf)  # drop the streamed copy
+            self._give_buf(i)
             return output
         dt = time.perf_counter() - self._host_t0
         if self.device.simulated and self.device.host_slowdown > 1:
@@ -649,15 +678,44 @@ class HostedModel:
         return f"{self.id}: {fmt_bytes(self.weight_bytes())} of weights in {self.n_layers} layers"
 
     def check_invariants(self) -> None:
-        """Every unit in exactly one place, parameters bound to it, ledger exact."""
+        """Every unit in exactly one place, every tensor of the model inside its unit's
+        live buffer, and the ledger equal to the bytes actually found on each side."""
+        if self.weights_released:
+            return
+        spans = []  # (start, end, side, unit)
         for u in [self.rest, *self.blocks]:
-            live = u.accel_buf if u.accel_buf is not None else u.host_buf
-            if self.weights_released:
-                continue
             assert (u.accel_buf is None) != (u.host_buf is None), f"{u.name}: copies on both sides or none"
-            base = live.data_ptr()
-            on_accel = u.accel_buf is not None
             expect_accel = u.index is None or self.placement[u.index] == RESIDENT
-            assert on_accel == expect_accel or self._paused_window, f"{u.name} in the wrong place"
-            for s, t in zip(u.slots, u.tensors(), strict=True):
-                assert base <= t.data_ptr() < base + u.nbytes, f"{u.name}.{s.qualname} not bound to its buffer"
+            on_accel = u.accel_buf is not None
+            assert on_accel == expect_accel or self._paused_window, f"{u.name} is in the wrong place"
+            live = u.accel_buf if on_accel else u.host_buf
+            spans.append((live.data_ptr(), live.data_ptr() + u.nbytes, "accel" if on_accel else "host", u))
+        found = {"accel": 0, "host": 0}
+        seen: set[int] = set()
+        for name, t in named_module_tensors(self.model, include_buffers=True, recurse=True):
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            p = t.data_ptr()
+            hit = [sp for sp in spans if sp[0] <= p < sp[1]]
+            assert len(hit) == 1, f"{name} lives outside every unit buffer (a stale or stray copy)"
+            side = hit[0][2]
+            if not self.device.simulated:
+                assert (t.device.type == "cuda") == (side == "accel"), f"{name} on {t.device}, ledger says {side}"
+            found[side] += t.numel() * t.element_size()
+        pad = {"accel": 0, "host": 0}
+        for _, _, side, u in spans:
+            pad[side] += u.nbytes - sum(s.nbytes for s in u.slots)
+        led = self.ledger()
+        assert found["accel"] + pad["accel"] == led.accel_weights, f"ledger accel weights {led.accel_weights} != found {found['accel'] + pad['accel']}"
+        assert found["host"] + pad["host"] == led.host_weights, f"ledger host weights {led.host_weights} != found {found['host'] + pad['host']}"
+        kv = {"accel": 0, "host": 0}
+        for i in range(self.n_layers):
+            layer = self.kv_layer(i)
+            if layer is None:
+                continue
+            side = "host" if (self.kv_on_host(i) or self._kv_swapped) else "accel"
+            if not self.device.simulated:
+                assert (layer.keys.device.type == "cuda") == (side == "accel"), f"KV of layer {i} on the wrong side"
+            kv[side] += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+        assert (kv["accel"], kv["host"]) == (led.accel_kv, led.host_kv), "ledger KV differs from the cache tensors"

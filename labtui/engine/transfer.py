@@ -67,18 +67,19 @@ class Link:
         self.seconds_busy = {H2D: 0.0, D2H: 0.0}
 
     # -- synchronous ---------------------------------------------------------
-    def copy(self, src: torch.Tensor, direction: str) -> Moved:
-        """Copy ``src`` across the link into a new tensor; blocks until it has arrived."""
+    def copy(self, src: torch.Tensor, direction: str, out: torch.Tensor | None = None) -> Moved:
+        """Copy ``src`` across the link into ``out`` (or a new tensor); blocks until it
+        has arrived."""
         dev = self.device
         nbytes = src.numel() * src.element_size()
         with self._locks[direction]:
             t0 = time.perf_counter()
             if dev.simulated:
-                dst = torch.empty_like(src)
+                dst = torch.empty_like(src) if out is None else out
                 dst.copy_(src)
                 self._pace(t0, nbytes)
             else:
-                dst = self._alloc_like(src, direction)
+                dst = self._alloc_like(src, direction) if out is None else out
                 dst.copy_(src, non_blocking=True)
                 torch.cuda.current_stream(dev.accel).synchronize()
             dt = time.perf_counter() - t0
@@ -87,27 +88,28 @@ class Link:
         return Moved(dst, nbytes, dt)
 
     # -- asynchronous (prefetch) -------------------------------------------------
-    def copy_async(self, src: torch.Tensor, direction: str = H2D) -> Pending:
+    def copy_async(self, src: torch.Tensor, direction: str = H2D, out: torch.Tensor | None = None) -> Pending:
         dev = self.device
         if dev.simulated:
             if self._pool is None:
                 # One worker: a real link moves one prefetch at a time; the worker
                 # sleeps while "on the wire", so it overlaps the compute thread.
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="labtui-link")
-            return Pending(future=self._pool.submit(self.copy, src, direction))
+            return Pending(future=self._pool.submit(self.copy, src, direction, out))
         if self._side_stream is None:
             self._side_stream = torch.cuda.Stream(dev.accel)
         nbytes = src.numel() * src.element_size()
         t0 = time.perf_counter()
         self._side_stream.wait_stream(torch.cuda.current_stream(dev.accel))
         with torch.cuda.stream(self._side_stream):
-            dst = self._alloc_like(src, direction)
+            dst = self._alloc_like(src, direction) if out is None else out
             dst.copy_(src, non_blocking=True)
             ev = torch.cuda.Event()
             ev.record(self._side_stream)
-        # The caching allocator must not reuse dst's memory for the compute stream
-        # before the copy is done.
-        dst.record_stream(torch.cuda.current_stream(dev.accel))
+        if out is None:
+            # The caching allocator must not reuse dst's memory for the compute
+            # stream before the copy is done.
+            dst.record_stream(torch.cuda.current_stream(dev.accel))
         self.bytes_moved[direction] += nbytes
         return Pending(moved=Moved(dst, nbytes, time.perf_counter() - t0), event=ev)
 

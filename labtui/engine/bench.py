@@ -1,0 +1,194 @@
+"""`labtui bench`: engine figures as ratios against baselines measured in the same run.
+
+1. decode tok/s of the engine vs transformers ``generate`` (fully resident,
+   batch 1 and batch 8), on the same checkpoint;
+2. stream offload at residency 0.5 with a link paced so that streaming a token's
+   offloaded weights takes about as long as computing it: time per token with
+   prefetch vs max(compute, bytes / link), and vs the same run without prefetch;
+3. ``set_residency`` move throughput as a fraction of the link bandwidth;
+4. achieved bandwidth (bytes read per token x tokens/s), as gpt-fast reports it.
+
+Each timing is the median of a few repetitions after a warm-up; nothing here is
+a pass/fail test (the machine may be shared and noisy).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from labtui.engine.api import Engine
+
+DEFAULT_MODELS = ["llama-5m", "qwen3-10m", "llama-30m"]
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _hf_decode_tok_s(model, prompt_ids, batch: int, n_new: int, reps: int) -> float:
+    """transformers generate: decode tokens/s = (T(n) - T(1)) over (n-1) x batch tokens."""
+    ids = torch.tensor([prompt_ids] * batch)
+    mask = torch.ones_like(ids)
+
+    def run(n):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return time.perf_counter() - t0
+
+    run(4)  # warm-up
+    rates = []
+    for _ in range(reps):
+        t1, tn = run(1), run(n_new)
+        rates.append((n_new - 1) * batch / max(1e-9, tn - t1))
+    return _median(rates)
+
+
+def _engine_decode_tok_s(eng: Engine, m: str, prompt_ids, batch: int, n_new: int, reps: int) -> float:
+    def run():
+        reqs = [eng.submit(m, prompt_ids, max_new_tokens=n_new) for _ in range(batch)]
+        for r in reqs:
+            r.done.wait(600)
+        first = max(r.token_times[0] for r in reqs)  # all rows admitted
+        last = max(r.token_times[-1] for r in reqs)
+        decoded = sum(sum(1 for t in r.token_times if t > first) for r in reqs)
+        return decoded / max(1e-9, last - first)
+
+    run()
+    return _median([run() for _ in range(reps)])
+
+
+def bench_model(name: str, quick: bool = False, device: str = "sim") -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from labtui.models.zoo import path
+
+    p = path(name)
+    n_new = 32 if quick else 64
+    reps = 2 if quick else 3
+    out: dict = {"model": name}
+    eng = Engine(device=device, memory_gib=8, link=1000.0, host_slowdown=1.0)
+    try:
+        m = eng.load(f"zoo:{name}")
+        hm = eng._models[m].hm
+        prompt = hm.tokenizer("The accelerator and the host share one link between them")["input_ids"]
+        out["params"] = hm.params
+        out["weight_bytes"] = hm.weight_bytes()
+        out["n_layers"] = hm.n_layers
+        hf = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).eval()
+        for b in (1, 8):
+            e = _engine_decode_tok_s(eng, m, prompt, b, n_new, reps)
+            h = _hf_decode_tok_s(hf, prompt, b, n_new, reps)
+            out[f"batch{b}"] = {"engine_tok_s": round(e, 2), "generate_tok_s": round(h, 2), "ratio": round(e / h, 3)}
+        del hf
+        # achieved bandwidth, batch 1 resident: bytes read per token x tokens/s
+        bpt = hm.weight_bytes()
+        out["achieved_gbps_batch1"] = round(bpt * out["batch1"]["engine_tok_s"] / 1e9, 3)
+        out["bytes_per_token_batch1"] = bpt
+
+        # --- stream offload at residency 0.5, link paced to match compute ----
+        res = eng.generate(m, prompt, max_new_tokens=n_new)
+        compute_s = _median(_gaps(res.token_times_s))
+        eng.set_residency(m, 0.5, mode="stream")
+        streamed = hm.streamed_bytes_per_forward()
+        link_gbps = streamed / compute_s / 1e9
+        eng.set_device_options(link=round(link_gbps, 4))
+        transfer_s = streamed / (link_gbps * 1e9)
+        per_tok = {}
+        for pf in (True, False):
+            eng.set_prefetch(m, pf)
+            eng.generate(m, prompt, max_new_tokens=8)
+            times = [_median(_gaps(eng.generate(m, prompt, max_new_tokens=n_new).token_times_s)) for _ in range(reps)]
+            per_tok[pf] = _median(times)
+        ideal = max(compute_s, transfer_s)
+        out["stream_half"] = {
+            "resident_compute_s_per_token": round(compute_s, 6),
+            "streamed_bytes_per_token": streamed,
+            "link_gbps": round(link_gbps, 4),
+            "prefetch_s_per_token": round(per_tok[True], 6),
+            "no_prefetch_s_per_token": round(per_tok[False], 6),
+            "prefetch_vs_ideal": round(per_tok[True] / ideal, 3),
+            "no_prefetch_vs_prefetch": round(per_tok[False] / per_tok[True], 3),
+            "prefetch_depth": hm.prefetch_depth,
+        }
+        eng.set_prefetch(m, True)
+
+        # --- move throughput as a fraction of the link ---------------------------
+        # A link below host memcpy speed, so the simulated pacing is what limits.
+        eng.set_residency(m, 1.0, mode="stream")
+        link = 2.0
+        eng.set_device_options(link=link)
+        seq0 = eng.snapshot().events_total
+        for _ in range(reps):
+            eng.set_residency(m, 0.0, mode="stream")
+            eng.set_residency(m, 1.0, mode="stream")
+        moves = [e for e in eng.events_since(seq0) if e.kind == "layer_move" and e.data["what"] == "weights"]
+        moved_b = sum(e.data["bytes"] for e in moves)
+        moved_s = sum(e.data["seconds"] for e in moves)
+        out["moves"] = {
+            "link_gbps": link,
+            "bytes": moved_b,
+            "seconds": round(moved_s, 4),
+            "achieved_gbps": round(moved_b / moved_s / 1e9, 3),
+            "fraction_of_link": round(moved_b / moved_s / 1e9 / link, 3),
+        }
+    finally:
+        eng.close()
+    return out
+
+
+def _gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times[1:], times[2:], strict=False)] or [times[-1]]
+
+
+def run_bench(models: list[str], quick: bool = False, device: str = "sim") -> dict:
+    from labtui.engine.devices import doctor_info
+
+    info = doctor_info()
+    return {
+        "machine": {k: info[k] for k in ("platform", "cpu_count", "torch", "transformers", "host_memcpy_gbps")},
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "models": [bench_model(n, quick, device) for n in models],
+    }
+
+
+def cli_bench(args) -> int:
+    from labtui.errors import LabError
+    from labtui.models.zoo import names
+
+    models = args.models.split(",") if args.models else DEFAULT_MODELS
+    for n in models:
+        if n not in names():
+            raise LabError(f"unknown zoo model '{n}'; accepted: {', '.join(names())}")
+    result = run_bench(models, args.quick, args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_table(result)
+    return 0
+
+
+def _print_table(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"labtui bench ({r['device']}, {r['machine']['cpu_count']} CPUs)")
+    for c in ("model", "b1 engine/generate", "b8 engine/generate", "GB/s b1", "prefetch/ideal", "no-pf/pf", "moves/link"):
+        t.add_column(c)
+    for m in r["models"]:
+        t.add_row(
+            m["model"],
+            f"{m['batch1']['engine_tok_s']:.0f}/{m['batch1']['generate_tok_s']:.0f} = {m['batch1']['ratio']:.2f}",
+            f"{m['batch8']['engine_tok_s']:.0f}/{m['batch8']['generate_tok_s']:.0f} = {m['batch8']['ratio']:.2f}",
+            f"{m['achieved_gbps_batch1']:.2f}",
+            f"{m['stream_half']['prefetch_vs_ideal']:.2f}",
+            f"{m['stream_half']['no_prefetch_vs_prefetch']:.2f}",
+            f"{m['moves']['fraction_of_link']:.2f}",
+        )
+    Console(file=sys.stdout).print(t)
