@@ -3,7 +3,7 @@
 Everything the user does here is an engine command (``labtui.engine.commands``)
 sent with ``engine.submit_command``, so a scenario can do it too and ``s`` can
 save it. The engine runs on its own thread; the lab reads ``engine.snapshot()``
-and ``engine.events_since(seq)`` on a timer (5 Hz) and never touches tensors, so
+and ``engine.events_since(seq)`` on a timer (4 Hz) and never touches tensors, so
 the screen never freezes: a busy engine shows as busy.
 
 The engine is injected (``LabApp(engine)``), as Harlequin injects its adapters:
@@ -65,7 +65,7 @@ class LabApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "labtui"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide"), (170, "-xwide")]
-    POLL_HZ = 5.0
+    POLL_HZ = 4.0
 
     BINDINGS = [
         Binding("p", "preempt", "preempt"),
@@ -118,6 +118,7 @@ class LabApp(App):
         self._view = "cards"
         self._zoo_rows: list[dict] | None = None
         self._owns_engine = engine is None
+        self._chart_drawn = 0.0
 
     # -- layout ----------------------------------------------------------------
 
@@ -249,7 +250,7 @@ class LabApp(App):
         self.query_one(MemoryStrip).show(snap, self.series)
         self._reconcile_cards(snap)
         if self.chart_data.observe(snap, self.series):
-            self.refresh_chart()
+            self.refresh_chart(throttle=True)
 
     def _reconcile_cards(self, snap) -> None:
         box = self.query_one("#cards", VerticalScroll)
@@ -504,7 +505,13 @@ class LabApp(App):
         self.chart_data.clear()
         self.refresh_chart()
 
-    def refresh_chart(self) -> None:
+    def refresh_chart(self, throttle: bool = False) -> None:
+        # The live marker moves with every snapshot; redrawing the chart at 2 Hz is
+        # plenty and keeps the lab's CPU (and GIL) use low.
+        now = time.monotonic()
+        if throttle and now - self._chart_drawn < 0.5:
+            return
+        self._chart_drawn = now
         self.query_one(ScatterChart).refresh()
 
     def action_help(self) -> None:

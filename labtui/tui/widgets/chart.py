@@ -171,6 +171,15 @@ class ScatterChart(Widget):
                     dx, dy = to_dot(s.current[0] / s.n_layers, y)
                     marks[(dx // 2, dy // 4)] = ("◉", s.index)
 
+        styles = {
+            i: self.get_component_rich_style(f"series--{i % N_SERIES}") for i in range(N_SERIES)
+        }
+        styles.update(
+            {
+                s.index: self.get_component_rich_style(f"series--{s.index % N_SERIES}")
+                for s in series
+            }
+        )
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append_text(legend)
         t.append("\n")
@@ -184,18 +193,24 @@ class ScatterChart(Widget):
             lab = row_labels.get(row, "")
             t.append(lab.rjust(yaxis_w - 1)[: yaxis_w - 1] + " ", label)
             t.append("┤" if lab else "│", axis)
+            # one append per run of cells in the same series (not per cell: cheap)
+            run: list[str] = []
+            run_idx: int | None = None
             for col in range(pw):
                 mk = marks.get((col, row))
                 if mk is not None:
-                    t.append(mk[0], self.get_component_rich_style(f"series--{mk[1] % N_SERIES}"))
+                    ch, idx = mk
                 elif mask[row][col]:
-                    idx = color[row][col] or 0
-                    t.append(
-                        chr(0x2800 + mask[row][col]),
-                        self.get_component_rich_style(f"series--{idx % N_SERIES}"),
-                    )
+                    ch, idx = chr(0x2800 + mask[row][col]), color[row][col] or 0
                 else:
-                    t.append(" ")
+                    ch, idx = " ", None
+                if idx != run_idx and run:
+                    t.append("".join(run), styles[run_idx] if run_idx is not None else None)
+                    run = []
+                run_idx = idx
+                run.append(ch)
+            if run:
+                t.append("".join(run), styles[run_idx] if run_idx is not None else None)
             t.append("\n")
         # x axis
         ticks = [0, 0.25, 0.5, 0.75, 1.0]

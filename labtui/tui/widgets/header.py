@@ -32,7 +32,7 @@ class DeviceBar(Static):
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(" labtui ", self.get_component_rich_style("devicebar--brand"))
         t.append(f" {what}", self.get_component_rich_style("devicebar--busy"))
-        self.update(t)
+        self.update(t, layout=False)
 
     def show(self, snap: EngineSnapshot, stalled_s: float = 0.0, replay: str = "") -> None:
         self._args = (snap, stalled_s, replay)
@@ -85,7 +85,7 @@ class DeviceBar(Static):
             line.truncate(width - 1)
             line.append("…")
         t.append_text(line)
-        self.update(t)
+        self.update(t, layout=False)  # fixed height: repaint only
 
     def on_resize(self) -> None:
         if self._args is not None:

@@ -76,7 +76,7 @@ class MemoryBars(Static):
     def show(self, snap: EngineSnapshot, series: dict[str, int]) -> None:
         self._snap = snap
         self._series = series
-        self.update(self._render_text())
+        self.update(self._render_text(), layout=False)  # always 6 lines: repaint only
 
     def on_resize(self) -> None:
         if self._snap is not None:
@@ -188,12 +188,9 @@ class MemoryPanel(Vertical):
         # Two samples at least: a single value would draw a full-height bar.
         self.query_one("#accel-spark", Sparkline).data = _spark(self.accel_hist)
         self.query_one("#rss-spark", Sparkline).data = _spark(self.rss_hist)
-        self.query_one("#accel-spark-now", Static).update(
-            f"{self.accel_hist[-1]:.2f} GiB" if self.accel_hist else ""
-        )
-        self.query_one("#rss-spark-now", Static).update(
-            f"{self.rss_hist[-1]:.2f} GiB" if self.rss_hist else ""
-        )
+        for wid, hist in (("#accel-spark-now", self.accel_hist), ("#rss-spark-now", self.rss_hist)):
+            text = f"{hist[-1]:.2f} GiB" if hist else ""
+            self.query_one(wid, Static).update(text, layout=False)
 
 
 def _spark(hist: deque[float]) -> list[float]:
@@ -222,4 +219,4 @@ class MemoryStrip(Static):
         t.append(head, self.get_component_rich_style("memory--label"))
         t.append_text(stacked_bar(self, parts, budget, bar_w, "memory--free"))
         t.append(tail, "bold")
-        self.update(t)
+        self.update(t, layout=False)

@@ -72,6 +72,7 @@ class ModelCard(Vertical):
         self.slider = ResidencySlider(ms.id, ms.n_layers, ms.resident_layers, classes="slider")
         self.layer_map = LayerMap(ms.layer_cells, classes="layer-map")
         self.phase_bar = PhaseBar(classes="phase-bar")
+        self.phase_bar.display = False
         self.spark = Sparkline([], classes="toks-spark")
 
     def compose(self) -> ComposeResult:
@@ -106,9 +107,21 @@ class ModelCard(Vertical):
     # -- updates ---------------------------------------------------------------
 
     def _set(self, key: str, widget: Static, value) -> None:
+        # One-line, fixed-size fields: repaint only (a layout pass per tick would cost
+        # the engine's thread CPU time through the GIL).
         if self._cache.get(key) != value:
             self._cache[key] = value
-            widget.update(value)
+            widget.update(value, layout=False)
+
+    def _label(self, button: str, label: str) -> None:
+        if self._cache.get(button) != label:
+            self._cache[button] = label
+            self.query_one(f"#{button}", Button).label = label
+
+    def _disable(self, button: str, disabled: bool) -> None:
+        b = self.query_one(f"#{button}", Button)
+        if b.disabled != disabled:
+            b.disabled = disabled
 
     def update_from(self, ms: ModelSnapshot, force: bool = False) -> None:
         self._ms = ms
@@ -145,11 +158,11 @@ class ModelCard(Vertical):
             count += f" ▒{n_m}"
         self._set("count", self.query_one(".layer-count", Static), count)
 
-        self.query_one("#btn-mode", Button).label = ms.mode
-        self.query_one("#btn-prefetch", Button).label = "prefetch✓" if ms.prefetch else "prefetch✗"
+        self._label("btn-mode", ms.mode)
+        self._label("btn-prefetch", "prefetch✓" if ms.prefetch else "prefetch✗")
         paused = ms.state in ("preempted", "preempting")
-        self.query_one("#btn-preempt", Button).disabled = paused or ms.state == "resuming"
-        self.query_one("#btn-resume", Button).disabled = ms.state != "preempted"
+        self._disable("btn-preempt", paused or ms.state == "resuming")
+        self._disable("btn-resume", ms.state != "preempted")
 
         toks = Text.assemble(("tok/s ", "dim"), (fmt_rate(ms.tok_s).rjust(6), "bold"))
         self._set("toks", self.query_one(".toks-now", Static), toks)
@@ -162,8 +175,9 @@ class ModelCard(Vertical):
         metrics = metrics_line(ms, width)
         self._set("metrics", self.query_one(".card-metrics", Static), metrics)
 
-        self.phase_bar.report = ms.last_preemption
-        self.phase_bar.display = ms.last_preemption is not None
+        if self.phase_bar.report != ms.last_preemption:
+            self.phase_bar.report = ms.last_preemption
+            self.phase_bar.display = ms.last_preemption is not None
 
         text_w = max(10, self.query_one(".card-text", Static).content_size.width or 60)
         last = one_line_text(ms.last_text)

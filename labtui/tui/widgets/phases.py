@@ -58,7 +58,7 @@ class PhaseBar(Widget):
         t.append(f"{state} ", title)
         t.append(f"kv={r.kv} weights={r.weights} @{r.at_tokens} tok  ", dim)
         t.append(f"cost {fmt_s(sum(values))}" + ("" if r.complete else " so far"), title)
-        if r.complete and r.paused_s:
+        if r.complete and r.paused_s and width >= 64:
             t.append(f"  (paused {fmt_s(r.paused_s)})", dim)
         t.append("\n")
         cells = allocate(values, width)
