@@ -33,7 +33,6 @@ from labtui.scenario.schema import Scenario, as_command, load_scenario
 from labtui.scenario.sweep import SweepPoint, apply_quick, expand, repeat_count, warmup_tokens
 
 POLL_S = 0.02  # how often the schedule is checked (a `when tokens` fires within ~1 step)
-WARMUP_PROMPT = "The lab warms up before it measures."
 
 
 @dataclass
@@ -125,6 +124,7 @@ class _Run:
         self.rep = 0
         self.phase = "setup"
         self._timed_events: list[dict] = []
+        self._engine_errors: list[str] = []
 
     # -- top level ---------------------------------------------------------
 
@@ -146,6 +146,9 @@ class _Run:
                         self._run_point(point, rep)
         except LabError as e:
             self.error = str(e)
+            raise
+        except Exception as e:  # internal failure: the summary still says what happened
+            self.error = f"internal error: {type(e).__name__}: {one_line(e)}"
             raise
         except KeyboardInterrupt:  # a second Ctrl-C: stop now, still write the summary
             self.state.stop = "interrupted"
@@ -186,6 +189,7 @@ class _Run:
         scn = point.scenario
         self.point, self.rep, self.phase = point, rep, "setup"
         self._timed_events = []
+        self._engine_errors = []
         refused: list[str] = []
         warnings: list[str] = []
         head = f"point {point.index + 1}/{len(self.points)} rep {rep + 1}/{self.reps} · {point.label()}"
@@ -204,9 +208,7 @@ class _Run:
             if self.state.stop:
                 break
         if self.warmup and not self.state.stop:
-            self.phase = "warmup"
-            for m in scn.models:
-                eng.generate(m.id, WARMUP_PROMPT, max_new_tokens=self.warmup)
+            self._warm_up(eng, scn, warnings)
         snap = eng.snapshot()
         base_tokens = {m.id: m.tokens_generated for m in snap.models}
         base_done = {m.id: m.completed for m in snap.models}
@@ -235,10 +237,7 @@ class _Run:
                                 "to resume them: " + ", ".join(view.preempted_busy()))
                 self.progress.line(warnings[-1], "yellow")
                 break
-            if time.monotonic() - self.t0 > self.scn.lab.timeout_s:
-                self.state.stop = "timed_out"
-                warnings.append(f"run timeout ({self.scn.lab.timeout_s:g} s, [lab].timeout_s) reached")
-                self.progress.line(warnings[-1], "yellow")
+            if self._out_of_time(warnings):
                 break
             self.progress.update(view.snap, time.monotonic() - self.t0)
             time.sleep(POLL_S)
@@ -248,6 +247,7 @@ class _Run:
         except Exception as e:  # noqa: BLE001 - the run's data so far still matters
             engine_summary = {"error": one_line(e)}
         run_stats = _stats.run_stats(self._timed_events)
+        warnings += self._engine_errors[:20]
         self._runner_line("point_end", wall_s=wall, finished=finished, stats=run_stats,
                           refused=refused, warnings=warnings)
         self._close_engine()
@@ -260,6 +260,31 @@ class _Run:
         tok = ", ".join(f"{m} {s['decode_tok_s']:.1f} tok/s" for m, s in run_stats.items()
                         if s.get("decode_tok_s"))
         self.progress.line(f"  done in {wall:.1f}s{': ' + tok if tok else ''}")
+
+    def _warm_up(self, eng: Any, scn: Scenario, warnings: list) -> None:
+        """One short request per model before timing (a workload, so it is polled:
+        Ctrl-C and the run timeout still apply); its events are marked warmup."""
+        self.phase = "warmup"
+        ids = []
+        for m in scn.models:
+            cmd = LaunchWorkload(model=m.id, id=f"warmup-{m.id}", requests=1, prompt_tokens=16,
+                                 max_new_tokens=self.warmup)
+            ids.append(eng.execute(cmd))
+        while not self.state.stop:
+            snap = eng.snapshot()
+            if all(w.done for w in snap.workloads if w.id in ids):
+                return
+            if self._out_of_time(warnings):
+                return
+            time.sleep(POLL_S)
+
+    def _out_of_time(self, warnings: list) -> bool:
+        if time.monotonic() - self.t0 <= self.scn.lab.timeout_s:
+            return False
+        self.state.stop = "timed_out"
+        warnings.append(f"run timeout ({self.scn.lab.timeout_s:g} s, [lab].timeout_s) reached")
+        self.progress.line(warnings[-1], "yellow")
+        return True
 
     def _execute(self, eng: Any, step: Any, wids: dict, refused: list, warnings: list) -> None:
         if step.kind == "wait_timeout":
@@ -297,6 +322,8 @@ class _Run:
         self.writer.event(rec)
         if ev.kind in ("request_start", "request_finish"):
             self._timed_events.append(rec)
+        elif ev.kind == "error":  # an internal failure the engine survived: say so
+            self._engine_errors.append(f"engine error in {ev.data.get('where')}: {ev.data.get('message')}")
 
     def _runner_line(self, kind: str, **data: Any) -> None:
         eng_t = self.eng.snapshot().t if self.eng is not None else None
@@ -339,8 +366,9 @@ class _Run:
             "runs": self.runs,
             "warnings": self.state.warnings,
         }
-        if len(self.runs) == 1:  # one run: its per-model engine summary, as eng.summary()
-            s["models"] = self.runs[0]["engine"]
+        if len(self.runs) == 1:  # one run: its per-model engine summary at the top
+            eng = self.runs[0]["engine"]
+            s["models"] = eng.get("models", {}) if isinstance(eng, dict) else {}
         return s
 
 

@@ -1,0 +1,183 @@
+"""What a report needs from a bundle, read from events.jsonl first.
+
+events.jsonl is written as the run goes, so a killed run still has it up to its
+last whole line; summary.json only adds whether the run finished. Every number
+here comes from the bundle: point_start lines (sweep values, device, models as
+placed), request events (decode speed), layer_move (bytes, GB/s), preempt/resume
+(the four phases).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from labtui.scenario.bundle import Bundle
+from labtui.scenario.stats import run_stats
+
+PHASES = ("kv_out_s", "release_s", "reload_s", "kv_in_s", "recompute_s")
+
+
+@dataclass
+class Run:
+    """One point x repetition of one bundle."""
+
+    bundle: str
+    point: int
+    rep: int
+    values: dict[str, Any]
+    label: str
+    device: dict[str, Any]
+    models: dict[str, dict]  # id -> source, n_layers, residency, resident_layers, mode, prefetch
+    stats: dict[str, dict] = field(default_factory=dict)  # id -> run_stats()
+    finished: bool = False
+    resumes: list[dict] = field(default_factory=list)  # resume events (all four phases)
+    preempts: list[dict] = field(default_factory=list)
+    moves: list[dict] = field(default_factory=list)  # layer_move events
+    ended: bool = False  # a point_end line was written
+
+    def key(self) -> tuple:
+        return (self.bundle, self.point, self.rep)
+
+
+def runs_of(b: Bundle) -> list[Run]:
+    events_by_run: dict[tuple, list[dict]] = defaultdict(list)
+    starts: dict[tuple, dict] = {}
+    ends: dict[tuple, dict] = {}
+    for e in b.events:
+        k = (e.get("point", 0), e.get("rep", 0))
+        if e.get("kind") == "point_start":
+            starts[k] = e
+        elif e.get("kind") == "point_end":
+            ends[k] = e
+        else:
+            events_by_run[k].append(e)
+    out: list[Run] = []
+    for k in sorted(starts):
+        s = starts[k]
+        evs = events_by_run.get(k, [])
+        r = Run(b.name, k[0], k[1], s.get("values") or {}, s.get("label", ""), s.get("device") or {},
+                s.get("models") or {})
+        r.stats = run_stats(evs)
+        r.ended = k in ends
+        r.finished = bool(ends.get(k, {}).get("finished"))
+        r.resumes = [e for e in evs if e.get("kind") == "resume"]
+        r.preempts = [e for e in evs if e.get("kind") == "preempt"]
+        r.moves = [e for e in evs if e.get("kind") == "layer_move"]
+        out.append(r)
+    return out
+
+
+def model_source(run: Run, model: str) -> str:
+    return (run.models.get(model) or {}).get("source", model)
+
+
+def residency_of(run: Run, model: str) -> float | None:
+    m = run.models.get(model)
+    if not m or not m.get("n_layers"):
+        return None
+    return m["resident_layers"] / m["n_layers"]
+
+
+def group_values(run: Run, drop: tuple[str, ...]) -> tuple:
+    """The sweep values that tell curves apart (all but the x axis)."""
+    skip = set(drop) | {"resident_layers"}
+    return tuple(sorted((k, _hashable(v)) for k, v in run.values.items() if k not in skip))
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    if isinstance(v, list):
+        return tuple(_hashable(x) for x in v)
+    return v
+
+
+def label_of(group: tuple, skip: tuple[str, ...] = ()) -> str:
+    parts = []
+    for k, v in group:
+        if k in skip:
+            continue
+        if isinstance(v, tuple):
+            v = ",".join(f"{a}={str(b).removeprefix('zoo:')}" for a, b in v)
+        elif isinstance(v, str):
+            v = v.removeprefix("zoo:")
+        parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
+def curves(runs: list[Run], x_of, metric: str, drop: tuple[str, ...]) -> dict[tuple, list[tuple]]:
+    """(model source, group) -> sorted [(x, mean, std, n)] of `metric` over repetitions."""
+    acc: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        for m, st in r.stats.items():
+            x, y = x_of(r, m), st.get(metric)
+            if x is None or y is None:
+                continue
+            acc[(model_source(r, m), group_values(r, drop))][x].append(y)
+    out: dict[tuple, list[tuple]] = {}
+    for k, pts in acc.items():
+        out[k] = [(x, statistics.fmean(ys), statistics.stdev(ys) if len(ys) > 1 else 0.0, len(ys))
+                  for x, ys in sorted(pts.items())]
+    return out
+
+
+def normalised(runs: list[Run]) -> dict[tuple, list[tuple]]:
+    """Decode tok/s / the same curve's value at residency 1.0 (runs without one: dropped)."""
+    out: dict[tuple, list[tuple]] = {}
+    for k, pts in curves(runs, residency_of, "decode_tok_s", ("residency",)).items():
+        full = next((m for x, m, _, _ in pts if x == 1.0), None)
+        if full:
+            out[k] = [(x, m / full, s / full, n) for x, m, s, n in pts]
+    return out
+
+
+def axis_values(runs: list[Run], axis: str) -> list:
+    return sorted({_hashable(r.values[axis]) for r in runs if axis in r.values}, key=str)
+
+
+def preemption_rows(runs: list[Run]) -> list[dict]:
+    """One row per resume: the paused model, what replaced it, the four phases, and
+    the paused model's request time against its uninterrupted run (same bundle,
+    same pair, pause_after_tokens = 0)."""
+    base: dict[tuple, list[float]] = defaultdict(list)
+    for r in runs:
+        if r.values.get("pause_after_tokens") == 0:
+            for m, st in r.stats.items():
+                base[(r.bundle, _pair(r), m)].append(st["e2e_s_max"])
+    rows = []
+    for r in runs:
+        for e in r.resumes:
+            m = e.get("model")
+            st = r.stats.get(m, {})
+            b = base.get((r.bundle, _pair(r), m))
+            uninterrupted = statistics.fmean(b) if b else None
+            e2e = st.get("e2e_s_max")
+            phases = {p: float(e.get(p) or 0.0) for p in PHASES}
+            total = sum(phases.values())
+            rows.append({
+                "bundle": r.bundle, "point": r.point, "rep": r.rep, "model": m,
+                "source": model_source(r, m), "pair": _pair_label(r),
+                "pause_after": r.values.get("pause_after_tokens"), "at_tokens": e.get("at_tokens"),
+                "kv": e.get("kv"), "weights": e.get("weights"), **phases, "total_s": total,
+                "reload_bytes": e.get("reload_bytes"), "kv_in_bytes": e.get("kv_in_bytes"),
+                "kv_out_bytes": e.get("kv_out_bytes"),
+                "reload_share": phases["reload_s"] / total if total else None,
+                "e2e_s": e2e, "uninterrupted_e2e_s": uninterrupted,
+                "overhead_s": e2e - uninterrupted if e2e is not None and uninterrupted else None,
+                "paused_s": e.get("paused_s"),
+            })
+    return rows
+
+
+def _pair(r: Run) -> Any:
+    return _hashable(r.values.get("sources") or r.values.get("model"))
+
+
+def _pair_label(r: Run) -> str:
+    v = r.values.get("sources")
+    if isinstance(v, dict):
+        return " -> ".join(str(s).removeprefix("zoo:") for s in v.values())
+    return str(r.values.get("model", "")).removeprefix("zoo:")
