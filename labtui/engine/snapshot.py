@@ -96,6 +96,11 @@ class ModelSnapshot:
     bytes_per_token: int
     last_text: str
     last_preemption: PhaseReport | None
+    # Cumulative decode work, so a frontend can take the model's own decode rate
+    # (busy time, not shared wall time) between two snapshots: the lab's
+    # tok/s-vs-residency chart uses d(decode_tokens) / d(decode_s) when filled.
+    decode_tokens: int = 0
+    decode_s: float = 0.0
 
     @property
     def resident_layers(self) -> int:
