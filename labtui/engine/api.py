@@ -182,44 +182,44 @@ class Engine:
 
     # convenience wrappers ---------------------------------------------------
     def load(self, source: str, id: str | None = None, **kw) -> str:
-        return self.execute(C.Load(source=source, id=id, **kw))
+        return self.execute(C.build(C.Load, source=source, id=id, **kw))
 
     def unload(self, model: str) -> None:
-        self.execute(C.Unload(model=model))
+        self.execute(C.build(C.Unload, model=model))
 
     def set_residency(self, model: str, residency: float | Iterable[int], mode: str | None = None):
         if isinstance(residency, (int, float)) and not isinstance(residency, bool):
-            cmd = C.SetResidency(model=model, residency=float(residency), mode=mode)
+            cmd = C.build(C.SetResidency, model=model, residency=float(residency), mode=mode)
         else:
-            cmd = C.SetResidency(model=model, layers=list(residency), mode=mode)
+            cmd = C.build(C.SetResidency, model=model, layers=list(residency), mode=mode)
         return self.execute(cmd)
 
     def set_mode(self, model: str, mode: str):
-        return self.execute(C.SetMode(model=model, mode=mode))
+        return self.execute(C.build(C.SetMode, model=model, mode=mode))
 
     def set_prefetch(self, model: str, prefetch: bool):
-        return self.execute(C.SetPrefetch(model=model, prefetch=prefetch))
+        return self.execute(C.build(C.SetPrefetch, model=model, prefetch=prefetch))
 
     def preempt(self, model: str, kv: str = "swap", weights: str = "host") -> PhaseReport:
-        return self.execute(C.Preempt(model=model, kv=kv, weights=weights))
+        return self.execute(C.build(C.Preempt, model=model, kv=kv, weights=weights))
 
     def resume(self, model: str) -> PhaseReport:
-        return self.execute(C.Resume(model=model))
+        return self.execute(C.build(C.Resume, model=model))
 
     def launch_workload(self, model: str, **kw) -> str:
-        return self.execute(C.LaunchWorkload(model=model, **kw))
+        return self.execute(C.build(C.LaunchWorkload, model=model, **kw))
 
     def cancel_workload(self, workload: str):
-        return self.execute(C.CancelWorkload(workload=workload))
+        return self.execute(C.build(C.CancelWorkload, workload=workload))
 
     def set_policy(self, policy: str):
-        return self.execute(C.SetPolicy(policy=policy))
+        return self.execute(C.build(C.SetPolicy, policy=policy))
 
     def set_device_options(self, **kw):
-        return self.execute(C.SetDeviceOptions(**kw))
+        return self.execute(C.build(C.SetDeviceOptions, **kw))
 
     def note(self, text: str):
-        return self.execute(C.Note(text=text))
+        return self.execute(C.build(C.Note, text=text))
 
     def submit(
         self,
@@ -285,6 +285,8 @@ class Engine:
         end = time.perf_counter() + timeout_s
         while time.perf_counter() < end:
             if self._idle():
+                # and the snapshot readers see the final state
+                self.on_worker(lambda: self._publish(force=True))
                 return True
             time.sleep(0.02)
         return False
@@ -488,6 +490,7 @@ class Engine:
             result = getattr(self, f"_do_{cmd.action}")(cmd)
         except LabError as e:
             self._emit("refused", command=cmd.action, reason=one_line(e))
+            self._publish(force=True)
             fut.set_exception(e)
             return
         except Exception as e:
@@ -497,6 +500,7 @@ class Engine:
             return
         self.command_log.append((round(self.now(), 4), cmd))
         self._emit("command", **cmd.to_toml_dict())
+        self._publish(force=True)  # the caller sees the command's effect at once
         fut.set_result(result)
 
     # ------------------------------------------------------------- commands
@@ -821,9 +825,15 @@ class Engine:
         """Under the priority policy, preempt lower-priority models until ``need`` fits."""
         if self.policy.name != "priority":
             return False
+        # Lower-priority models yield first; an idle model (no queued or running
+        # request) yields whatever its priority, so memory never sits unused.
         victims = sorted(
-            (m for m in self._models.values() if m.id != exclude and m.hm is not None and m.state in ("serving", "idle") and m.priority < priority),
-            key=lambda m: m.priority,
+            (
+                m for m in self._models.values()
+                if m.id != exclude and m.hm is not None and m.state in ("serving", "idle")
+                and (m.priority < priority or (not m.queue and not len(m.batch)))
+            ),
+            key=lambda m: (bool(m.queue or len(m.batch)), m.priority),
         )
         for v in victims:
             if need <= self.device.free:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 OffloadMode = Literal["stream", "host"]
 KVPolicy = Literal["keep", "swap", "drop"]
@@ -205,3 +205,27 @@ COMMAND_TYPES: dict[str, type[_Cmd]] = {
         WaitIdle,
     )
 }
+
+
+def validation_message(e: ValidationError, what: str = "") -> str:
+    """One line for a pydantic error: where, what was wrong, what was given."""
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err.get("loc", ()))
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    given = err.get("input")
+    got = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+    head = f"{what} " if what else ""
+    return f"{head}{loc + ': ' if loc else ''}{msg}{got}"
+
+
+def build(action: str | type[_Cmd], **fields) -> _Cmd:
+    """Make a command from plain values; bad values raise LabError (one line)."""
+    from labtui.errors import LabError
+
+    cls = COMMAND_TYPES.get(action) if isinstance(action, str) else action
+    if cls is None:
+        raise LabError(f"unknown action '{action}'; accepted: {', '.join(COMMAND_TYPES)}")
+    try:
+        return cls(**fields)
+    except ValidationError as e:
+        raise LabError(validation_message(e, cls.model_fields["action"].default)) from None

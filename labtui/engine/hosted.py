@@ -60,6 +60,7 @@ class Unit:
         self.nbytes = nbytes
         self.host_buf: torch.Tensor | None = None
         self.accel_buf: torch.Tensor | None = None
+        self.kept: dict[int, torch.Tensor] = {}  # non-persistent tensors kept over a disk release
 
     def bind(self, buf: torch.Tensor) -> None:
         for s in self.slots:
@@ -553,14 +554,12 @@ class HostedModel:
         else:
             for u in units:
                 moved_b += u.nbytes if u.accel_buf is not None else 0
-                u.accel_buf = None
                 # Non-persistent buffers (rotary inv_freq) are not in the checkpoint:
-                # keep them, they are a few KiB.
-                if all(s.persistent for s in u.slots):
-                    u.host_buf = None
-                    self._unbind_to_meta(u)
-                else:
-                    self._keep_nonpersistent_only(u)
+                # keep standalone copies of those few KiB; everything else is freed.
+                u.kept = {k: t.detach().to("cpu", copy=True) for k, (sl, t) in enumerate(zip(u.slots, u.tensors(), strict=True)) if not sl.persistent}
+                u.accel_buf = None
+                u.host_buf = None
+                self._unbind_to_placeholder(u)
             self.weights_released = True
         self._paused_window = True
         self.device.synchronize()
@@ -568,28 +567,15 @@ class HostedModel:
         self.sync_reservation()
         return moved_b, time.perf_counter() - t0
 
-    def _unbind_to_meta(self, u: Unit) -> None:
+    def _unbind_to_placeholder(self, u: Unit) -> None:
         # Point parameters at a one-element placeholder (zero strides) so the
         # released buffers are really freed; they are rebound on reload.
-        for s in u.slots:
-            ph = torch.zeros((), dtype=s.dtype).expand(s.shape)
-            if s.is_param:
-                s.module._parameters[s.attr].data = ph
+        for sl in u.slots:
+            ph = torch.zeros((), dtype=sl.dtype).expand(sl.shape)
+            if sl.is_param:
+                sl.module._parameters[sl.attr].data = ph
             else:
-                s.module._buffers[s.attr] = ph
-
-    def _keep_nonpersistent_only(self, u: Unit) -> None:
-        # Keep a host buffer holding the non-persistent buffers; persistent tensors
-        # are reloaded from the checkpoint into it.
-        if u.host_buf is None:
-            src = u.accel_buf
-            u.host_buf = self.device.host_empty(u.nbytes)
-            for s, t in zip(u.slots, u.tensors(), strict=True):
-                if not s.persistent:
-                    u.host_buf[s.offset : s.offset + s.nbytes].view(s.dtype).view(s.shape).copy_(t)
-            del src
-        u.accel_buf = None
-        u.bind(u.host_buf)
+                sl.module._buffers[sl.attr] = ph
 
     def reload_weights(self, from_: str, reason: str = "resume") -> tuple[int, float]:
         """Bring resident units back to the accelerator, from host RAM or the checkpoint."""
@@ -638,11 +624,13 @@ class HostedModel:
         names = self._checkpoint_names()
         by_file: dict[Path, list[tuple[Unit, Slot]]] = {}
         for u in [self.rest, *self.blocks]:
-            if u.host_buf is None:
-                u.host_buf = self.device.host_empty(u.nbytes)
-            for s in u.slots:
+            u.host_buf = self.device.host_empty(u.nbytes)
+            for k, s in enumerate(u.slots):
                 if s.persistent:
                     by_file.setdefault(names[s.qualname], []).append((u, s))
+                else:
+                    u.host_buf[s.offset : s.offset + s.nbytes].view(s.dtype).view(s.shape).copy_(u.kept[k])
+            u.kept = {}
         for f, items in by_file.items():
             with safe_open(str(f), framework="pt") as sf:
                 for u, s in items:

@@ -19,16 +19,23 @@ def load_pretrained(src, dtype: str = "float32", trust_remote_code: bool = False
 
     td = "auto" if dtype == "auto" else _DTYPES[dtype]
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             str(src.path),
             dtype=td,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
             device_map=None,
-            low_cpu_mem_usage=True,
+            output_loading_info=True,
         )
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as e:
         raise LabError(f"cannot load {src.source}: {one_line(e)[:300]}") from e
+    missing = list(info.get("missing_keys") or [])
+    if missing:
+        # transformers would random-initialise them: a lab must not serve noise.
+        raise LabError(
+            f"checkpoint {src.source} is missing {len(missing)} tensor(s) of its model "
+            f"(e.g. {sorted(missing)[0]}); accepted: a complete safetensors checkpoint"
+        )
     model.eval()
     model.requires_grad_(False)
     try:
