@@ -27,7 +27,7 @@ def load_pretrained(src, dtype: str = "float32", trust_remote_code: bool = False
             device_map=None,
             output_loading_info=True,
         )
-    except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise LabError(f"cannot load {src.source}: {one_line(e)[:300]}") from e
     missing = list(info.get("missing_keys") or [])
     if missing:
