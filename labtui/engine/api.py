@@ -920,6 +920,7 @@ class Engine:
                     tpot_p50=percentile(m.tpot, 50), tpot_p95=percentile(m.tpot, 95),
                     achieved_gbps=m.gbps(now), bytes_per_token=m.bytes_per_token,
                     last_text=ms.last_text, last_preemption=ms.last_preemption,
+                    decode_tokens=m.decode_tokens, decode_s=m.decode_s,
                 )
             )
         wls = tuple(
