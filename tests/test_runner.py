@@ -107,3 +107,152 @@ def test_a_condition_that_cannot_happen_is_reported_and_skipped():
     why = sch.stalled(v)
     assert why is not None and "timeline[0]" in why
     assert sch.skip_rest() == ["timeline[0]", "timeline[1]"] and sch.done
+
+
+# -- a real run on the real engine (tiny model, a few seconds) ---------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from _bundles import TINY, tiny_bundle, write_tiny  # noqa: E402
+
+from labtui.cli import main  # noqa: E402
+from labtui.scenario.bundle import METRICS_COLUMNS, read_bundle  # noqa: E402
+from labtui.scenario.schema import load_scenario  # noqa: E402
+from labtui.scenario.sweep import expand  # noqa: E402
+
+
+def _lines(p: Path) -> list[dict]:
+    return [json.loads(line) for line in p.read_text().splitlines()]
+
+
+def test_run_writes_a_complete_bundle():
+    b = tiny_bundle()
+    assert {f.name for f in b.iterdir()} >= {"scenario.toml", "env.json", "events.jsonl", "metrics.csv", "summary.json"}
+    env = json.loads((b / "env.json").read_text())
+    assert env["labtui_version"] and env["device"]["kind"] == "sim" and "argv" in env and env["started"]
+    events = _lines(b / "events.jsonl")
+    assert all({"point", "rep", "phase", "kind", "t"} <= e.keys() for e in events)
+    starts = [e for e in events if e["kind"] == "point_start"]
+    assert [(e["point"], e["rep"]) for e in starts] == [(0, 0), (1, 0), (2, 0), (3, 0)]
+    assert {e["phase"] for e in events} == {"setup", "warmup", "run"}
+    assert any(e["kind"] == "note" and e["text"] == "hello" for e in events)
+    header, *rows = (b / "metrics.csv").read_text().splitlines()
+    assert tuple(header.split(",")) == METRICS_COLUMNS and rows
+    s = json.loads((b / "summary.json").read_text())
+    assert s["runs_done"] == s["runs_planned"] == 4 and not s["interrupted"] and not s["timed_out"]
+    assert s["warnings"] == []
+    assert all(r["finished"] for r in s["runs"])
+    # normalised to the same pause point's fully resident run
+    for p in s["points"]:
+        n = p["models"]["A"]["normalised"]["mean"]
+        if p["values"]["residency"] == 1.0:
+            assert n == pytest.approx(1.0)
+        else:
+            assert n == pytest.approx(p["models"]["A"]["decode_tok_s"]["mean"] / next(
+                q["models"]["A"]["decode_tok_s"]["mean"] for q in s["points"]
+                if q["values"]["residency"] == 1.0
+                and q["values"]["pause_after_tokens"] == p["values"]["pause_after_tokens"]))
+
+
+def test_pause_points_preempt_after_n_tokens_with_four_phases():
+    s = json.loads((tiny_bundle() / "summary.json").read_text())
+    for r in s["runs"]:
+        pre = r["engine"]["models"]["A"]["preemptions"]
+        if r["values"]["pause_after_tokens"] == 0:
+            assert pre == []  # the uninterrupted baseline
+        else:
+            (p,) = pre
+            assert p["complete"] and p["at_tokens"] >= 6 and p["reload_s"] > 0 and p["kv_out_bytes"] > 0
+            assert {"kv_out_s", "release_s", "reload_s", "kv_in_s", "recompute_s"} <= p.keys()
+
+
+def test_same_greedy_tokens_whatever_placement_and_preemption():
+    events = _lines(tiny_bundle() / "events.jsonl")
+    digests = {e["digest"] for e in events if e["kind"] == "request_finish" and e["phase"] == "run"}
+    assert len(digests) == 1
+
+
+def test_warm_up_is_excluded_from_timing():
+    events = _lines(tiny_bundle() / "events.jsonl")
+    warm = [e for e in events if e["kind"] == "request_finish" and e["phase"] == "warmup"]
+    assert len(warm) == 4 and all(e["new_tokens"] == 2 for e in warm)
+    s = json.loads((tiny_bundle() / "summary.json").read_text())
+    assert all(r["stats"]["A"]["requests"] == 1 and r["stats"]["A"]["tokens"] == 20 for r in s["runs"])
+
+
+def test_bundle_scenario_replays_the_same_points():
+    b = tiny_bundle()
+    again = load_scenario(b / "scenario.toml")
+    orig = load_scenario(write_tiny(b.parent / "copy"))
+    assert [p.values for p in expand(again)] == [p.values for p in expand(orig)]
+    assert again.commands() == orig.commands()
+
+
+def test_an_existing_bundle_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    rc = main(["run", str(write_tiny(tmp_path)), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "never overwritten" in err
+    assert (out / "summary.json").read_text() == "{}"
+
+
+def test_unwritable_out_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = main(["run", str(write_tiny(tmp_path)), "--out", str(blocker / "sub")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_run_timeout_stops_and_says_so(tmp_path):
+    from labtui.scenario.runner import run_file
+
+    text = TINY.replace("timeout_s = 120", "timeout_s = 1.5").replace("max_new_tokens = 20", "max_new_tokens = 100000")
+    text = text.replace("requests = 1\n", "requests = 1000\n")
+    t0 = time.monotonic()
+    res = run_file(write_tiny(tmp_path, text), out=tmp_path / "b", progress=False)
+    assert time.monotonic() - t0 < 60
+    assert res.summary["timed_out"] and res.summary["runs_done"] == 1
+    assert any("timeout" in w for w in res.summary["warnings"])
+
+
+def test_ctrl_c_finishes_summary_marked_interrupted(tmp_path):
+    text = TINY.replace("requests = 1\n", "requests = 1000\n")
+    out = tmp_path / "b"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "labtui", "run", str(write_tiny(tmp_path, text)),
+                             "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # wait until timing has begun
+            ev = out / "events.jsonl"
+            if ev.exists() and '"request_finish"' in ev.read_text():
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(60)
+    finally:
+        proc.kill()
+    assert rc == 130
+    s = json.loads((out / "summary.json").read_text())
+    assert s["interrupted"] and s["runs_done"] >= 1
+    b = read_bundle(out)
+    assert b.events and b.summary["interrupted"]
+
+
+@pytest.mark.slow
+def test_design_example_runs_as_written(tmp_path):
+    from labtui.scenario.runner import run_file
+
+    res = run_file("two-models", out=tmp_path / "b", quick=True, device="sim", progress=False)
+    assert res.summary["runs"][0]["finished"] and not res.summary["warnings"]
+    assert res.summary["models"]["small"]["preemptions"][0]["complete"]

@@ -46,10 +46,11 @@ def build_report(bundle_paths: list[str], out: str | Path | None = None) -> Path
         raise LabError(f"cannot write the report to {out}: {one_line(e.strerror or e)}; "
                        "give a writable --out folder") from None
 
-    by_bundle = {_col(b, i, names): runs_of(b) for i, b in enumerate(bundles)}
-    for i, b in enumerate(bundles):
-        for r in by_bundle[_col(b, i, names)]:
-            r.bundle = _col(b, i, names)
+    cols = [_col(b, i, names) for i, b in enumerate(bundles)]
+    by_bundle = {c: runs_of(b) for c, b in zip(cols, bundles, strict=True)}
+    for c, rs in by_bundle.items():
+        for r in rs:
+            r.bundle = c
     all_runs = [r for rs in by_bundle.values() for r in rs]
 
     figs: list[tuple[str, str | None, str]] = []
@@ -75,7 +76,7 @@ def build_report(bundle_paths: list[str], out: str | Path | None = None) -> Path
                  "See labtui/report/costmodel.py: compute per block from the fully resident run, "
                  "streamed bytes over the measured link GB/s (max with compute when prefetching), "
                  "host-executed blocks from the 0% host run; reload = bytes / measured GB/s."))
-    figs.append(("Over time", plots.timeseries_figure({_col(b, i, names): b.metrics for i, b in enumerate(bundles)}, out),
+    figs.append(("Over time", plots.timeseries_figure({c: b.metrics for c, b in zip(cols, bundles, strict=True)}, out),
                  "Sampled from metrics.csv (tok/s over the last seconds, resident layers)."))
 
     missing = [title for title, stem, _ in figs if stem is None]
@@ -83,8 +84,8 @@ def build_report(bundle_paths: list[str], out: str | Path | None = None) -> Path
         "# labtui report",
         f"Made {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} from "
         + ", ".join(f"`{b.path}`" for b in bundles) + ".",
-        "## Bundles", md.status(bundles, by_bundle),
-        "## Machines", md.machines(bundles),
+        "## Bundles", md.status(bundles, cols, by_bundle),
+        "## Machines", md.machines(bundles, cols),
     ]
     for title, stem, caption in figs:
         if stem is None:

@@ -28,12 +28,12 @@ def _gib(x: Any) -> str:
     return f"{x / 1024**3:.1f} GiB" if isinstance(x, int | float) and x else ""
 
 
-def machines(bundles: list[Bundle]) -> str:
+def machines(bundles: list[Bundle], cols: list[str]) -> str:
     rows = []
-    for b in bundles:
+    for col, b in zip(cols, bundles, strict=True):
         e = b.env or {}
         d = e.get("device") or {}
-        rows.append([b.name, e.get("node") or e.get("hostname"), e.get("platform"), e.get("cpu_count"),
+        rows.append([col, e.get("node") or e.get("hostname"), e.get("platform"), e.get("cpu_count"),
                      _gib(e.get("host_ram_bytes")), e.get("torch"), d.get("kind"), d.get("name"),
                      "yes" if d.get("simulated") else "no", d.get("link"), _gib(d.get("budget_bytes")),
                      d.get("host_slowdown")])
@@ -41,15 +41,15 @@ def machines(bundles: list[Bundle]) -> str:
                   "link", "budget", "host slowdown"], rows)
 
 
-def status(bundles: list[Bundle], runs: dict[str, list[Run]]) -> str:
+def status(bundles: list[Bundle], cols: list[str], runs: dict[str, list[Run]]) -> str:
     rows = []
-    for b in bundles:
+    for col, b in zip(cols, bundles, strict=True):
         s = b.summary or {}
         state = ("interrupted" if s.get("interrupted") else "timed out" if s.get("timed_out")
                  else "error" if s.get("error") else "complete") if b.summary else "partial (no summary.json)"
         planned = s.get("runs_planned")
-        done = sum(1 for r in runs[b.name] if r.ended)
-        rows.append([b.name, s.get("scenario") or "", state, f"{done}/{planned if planned else '?'}",
+        done = sum(1 for r in runs[col] if r.ended)
+        rows.append([col, s.get("scenario") or "", state, f"{done}/{planned if planned else '?'}",
                      "; ".join(b.notes) or "nothing missing"])
     return table(["bundle", "scenario", "state", "runs", "missing or damaged"], rows)
 

@@ -22,17 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import labtui
-from labtui.engine.commands import CancelWorkload, LaunchWorkload, Note
+from labtui.engine.commands import LaunchWorkload
 from labtui.errors import LabError, one_line
 from labtui.scenario import stats as _stats
 from labtui.scenario.bundle import SAMPLE_S, BundleWriter
+from labtui.scenario.player import POLL_S, load_models, play_timeline
 from labtui.scenario.progress import Progress
 from labtui.scenario.recorder import scenario_to_toml
-from labtui.scenario.schedule import Schedule
-from labtui.scenario.schema import Scenario, as_command, load_scenario
+from labtui.scenario.schema import Scenario, load_scenario
 from labtui.scenario.sweep import SweepPoint, apply_quick, expand, repeat_count, warmup_tokens
 
-POLL_S = 0.02  # how often the schedule is checked (a `when tokens` fires within ~1 step)
+__all__ = ["RunResult", "check_line", "cli_run", "play_timeline", "run_file", "run_scenario"]
 
 
 @dataclass
@@ -200,47 +200,26 @@ class _Run:
         eng.add_listener(self._on_event)
         if not self.env_written:
             self._write_env(eng)
-        for i, m in enumerate(scn.models):
-            try:
-                eng.execute(as_command(m))
-            except LabError as e:
-                raise LabError(f"models[{i}] ({m.id}): {e}") from None
-            if self.state.stop:
-                break
+        load_models(scn, eng, lambda: self.state.stop is not None)
         if self.warmup and not self.state.stop:
             self._warm_up(eng, scn, warnings)
         snap = eng.snapshot()
-        base_tokens = {m.id: m.tokens_generated for m in snap.models}
-        base_done = {m.id: m.completed for m in snap.models}
         self.phase = "run"
         self._runner_line("point_start", values=point.values, label=point.label(),
                           device=_device_info(snap), models=_models_info(snap))
-        schedule, wids = Schedule(scn), {}
         t_point = time.monotonic()
-        finished = False
-        while not self.state.stop:
-            now = time.monotonic() - t_point
-            view = _SnapView(eng.snapshot(), base_tokens, base_done, wids)
-            for step in schedule.due(now, view):
-                self._execute(eng, step, wids, refused, warnings)
-                if self.state.stop:
-                    break
-            view = _SnapView(eng.snapshot(), base_tokens, base_done, wids)
-            if (why := schedule.stalled(view)) is not None:
-                warnings.append(why + f": {', '.join(schedule.skip_rest())}")
-                self.progress.line(warnings[-1], "yellow")
-            if schedule.done and view.idle():
-                finished = True
-                break
-            if schedule.done and view.stuck():
-                warnings.append("models still hold requests but are preempted with nothing left "
-                                "to resume them: " + ", ".join(view.preempted_busy()))
-                self.progress.line(warnings[-1], "yellow")
-                break
-            if self._out_of_time(warnings):
-                break
-            self.progress.update(view.snap, time.monotonic() - self.t0)
-            time.sleep(POLL_S)
+        played = play_timeline(
+            scn, eng, stop=lambda: self.state.stop is not None,
+            on_error=lambda msg: self.progress.line(msg, "yellow"),
+            load=False, until_idle=True, deadline=self.t0 + self.scn.lab.timeout_s,
+            on_tick=lambda snap: self.progress.update(snap, time.monotonic() - self.t0),
+            on_note=self._note,
+        )
+        if played.stopped == "timed_out":
+            self._out_of_time(warnings)
+        finished = played.finished
+        refused += played.refused
+        warnings += played.warnings
         wall = time.monotonic() - t_point
         try:
             engine_summary = eng.summary()
@@ -281,31 +260,16 @@ class _Run:
     def _out_of_time(self, warnings: list) -> bool:
         if time.monotonic() - self.t0 <= self.scn.lab.timeout_s:
             return False
+        if self.state.stop == "timed_out":
+            return True
         self.state.stop = "timed_out"
         warnings.append(f"run timeout ({self.scn.lab.timeout_s:g} s, [lab].timeout_s) reached")
         self.progress.line(warnings[-1], "yellow")
         return True
 
-    def _execute(self, eng: Any, step: Any, wids: dict, refused: list, warnings: list) -> None:
-        if step.kind == "wait_timeout":
-            warnings.append(f"{step.source} (wait_idle) timed out; went on")
-            return
-        if step.kind != "command":
-            return
-        cmd = step.command
-        if isinstance(cmd, CancelWorkload) and cmd.workload in wids:
-            cmd = CancelWorkload(workload=wids[cmd.workload])  # the engine's id for it
-        if isinstance(cmd, Note):
-            self.progress.note = cmd.text
-            self.progress.line(f"note: {cmd.text}", "italic")
-        try:
-            result = eng.execute(cmd)
-        except LabError as e:
-            refused.append(f"{step.source} ({cmd.action}): {e}")
-            self.progress.line(f"refused: {refused[-1]}", "red")
-            return
-        if isinstance(cmd, LaunchWorkload):
-            wids[step.workload_id or step.source] = result
+    def _note(self, text: str) -> None:
+        self.progress.note = text
+        self.progress.line(f"note: {text}", "italic")
 
     def _close_engine(self) -> None:
         if self.eng is not None:
@@ -370,41 +334,6 @@ class _Run:
             eng = self.runs[0]["engine"]
             s["models"] = eng.get("models", {}) if isinstance(eng, dict) else {}
         return s
-
-
-class _SnapView:
-    """Schedule's questions, answered from one engine snapshot."""
-
-    def __init__(self, snap: Any, base_tokens: dict, base_done: dict, wids: dict) -> None:
-        self.snap, self._bt, self._bd, self._wids = snap, base_tokens, base_done, wids
-
-    def tokens(self, model: str) -> int:
-        m = self.snap.model(model)
-        return m.tokens_generated - self._bt.get(model, 0) if m else 0
-
-    def completed(self, model: str) -> int:
-        m = self.snap.model(model)
-        return m.completed - self._bd.get(model, 0) if m else 0
-
-    def workload_done(self, workload: str) -> bool:
-        eid = self._wids.get(workload)
-        w = next((w for w in self.snap.workloads if w.id == eid), None)
-        return w is not None and w.done
-
-    def idle(self) -> bool:
-        return (all(m.queued == 0 and m.running == 0 for m in self.snap.models)
-                and all(w.done for w in self.snap.workloads))
-
-    def preempted_busy(self) -> list[str]:
-        return [m.id for m in self.snap.models if (m.queued or m.running) and m.state == "preempted"]
-
-    def stuck(self) -> bool:
-        if self.idle():
-            return True
-        busy = [m for m in self.snap.models if m.queued or m.running]
-        open_models = {w.model for w in self.snap.workloads if not w.done}
-        return all(m.state == "preempted" for m in busy) and all(
-            (mm := self.snap.model(mid)) is not None and mm.state == "preempted" for mid in open_models)
 
 
 class _Sampler:

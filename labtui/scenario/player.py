@@ -1,0 +1,156 @@
+"""Playing a scenario's workloads and timeline against a running engine.
+
+One implementation for every frontend: the headless runner calls it once per
+sweep point (until idle, under a deadline, with a progress tick), the lab calls
+it to replay a scenario (``runner.play_timeline`` is this function), scripts can
+call it directly. ``Schedule`` decides what is due; this module executes it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from labtui.engine.commands import CancelWorkload, LaunchWorkload, Note
+from labtui.errors import LabError
+from labtui.scenario.schedule import Schedule
+from labtui.scenario.schema import Scenario, as_command
+
+POLL_S = 0.02  # how often the schedule is checked (a `when tokens` fires within ~1 step)
+
+
+@dataclass
+class PlayResult:
+    finished: bool = False  # the timeline ran out (and the engine went idle, if asked)
+    stopped: str | None = None  # None | "stopped" | "timed_out" | "stuck"
+    refused: list[str] = field(default_factory=list)  # commands the engine refused
+    warnings: list[str] = field(default_factory=list)
+    workloads: dict[str, str] = field(default_factory=dict)  # scenario id -> engine id
+
+
+def load_models(scn: Scenario, engine: Any, stop: Callable[[], bool] = lambda: False) -> None:
+    """The [[models]] entries, in order; a refusal names the entry."""
+    for i, m in enumerate(scn.models):
+        if stop():
+            return
+        try:
+            engine.execute(as_command(m))
+        except LabError as e:
+            raise LabError(f"models[{i}] ({m.id}): {e}") from None
+
+
+def play_timeline(
+    scn: Scenario,
+    engine: Any,
+    stop: threading.Event | Callable[[], bool] | None = None,
+    on_error: Callable[[str], None] | None = None,
+    *,
+    load: bool = True,
+    until_idle: bool = False,
+    deadline: float | None = None,  # time.monotonic() value
+    on_tick: Callable[[Any], None] | None = None,  # the latest snapshot, every poll
+    on_note: Callable[[str], None] | None = None,
+) -> PlayResult:
+    """Load the models (unless `load` is False), then launch workloads and run the
+    timeline at their times. Returns when the timeline is done (and, with
+    `until_idle`, every workload has finished), when `stop` is set, or at `deadline`."""
+    is_stopped = stop.is_set if isinstance(stop, threading.Event) else (stop or (lambda: False))
+    say = on_error or (lambda msg: None)
+    res = PlayResult()
+    if load:
+        load_models(scn, engine, is_stopped)
+    snap = engine.snapshot()
+    view = SnapView(snap, {m.id: m.tokens_generated for m in snap.models},
+                    {m.id: m.completed for m in snap.models}, res.workloads)
+    schedule = Schedule(scn)
+    t0 = time.monotonic()
+    while True:
+        if is_stopped():
+            res.stopped = "stopped"
+            return res
+        view.snap = engine.snapshot()
+        for step in schedule.due(time.monotonic() - t0, view):
+            _execute(engine, step, res, say, on_note)
+            if is_stopped():
+                break
+        view.snap = engine.snapshot()
+        if (why := schedule.stalled(view)) is not None:
+            res.warnings.append(f"{why}: {', '.join(schedule.skip_rest())}")
+            say(res.warnings[-1])
+        if schedule.done and (not until_idle or view.idle()):
+            res.finished = True
+            return res
+        if schedule.done and view.stuck():
+            res.warnings.append("models still hold requests but are preempted with nothing left "
+                                "to resume them: " + ", ".join(view.preempted_busy()))
+            say(res.warnings[-1])
+            res.stopped = "stuck"
+            return res
+        if deadline is not None and time.monotonic() > deadline:
+            res.stopped = "timed_out"
+            return res
+        if on_tick is not None:
+            on_tick(view.snap)
+        time.sleep(POLL_S)
+
+
+def _execute(engine: Any, step: Any, res: PlayResult, say: Callable[[str], None],
+             on_note: Callable[[str], None] | None) -> None:
+    if step.kind == "wait_timeout":
+        res.warnings.append(f"{step.source} (wait_idle) timed out; went on")
+        say(res.warnings[-1])
+        return
+    if step.kind != "command":
+        return
+    cmd = step.command
+    if isinstance(cmd, CancelWorkload) and cmd.workload in res.workloads:
+        cmd = CancelWorkload(workload=res.workloads[cmd.workload])  # the engine's id for it
+    if isinstance(cmd, Note) and on_note is not None:
+        on_note(cmd.text)
+    try:
+        result = engine.execute(cmd)
+    except LabError as e:
+        res.refused.append(f"{step.source} ({cmd.action}): {e}")
+        say(f"refused: {res.refused[-1]}")
+        return
+    if isinstance(cmd, LaunchWorkload):
+        res.workloads[step.workload_id or step.source] = result
+
+
+class SnapView:
+    """Schedule's questions, answered from the latest engine snapshot; tokens and
+    completions count from when the view was made (warm-up excluded)."""
+
+    def __init__(self, snap: Any, base_tokens: dict, base_done: dict, wids: dict) -> None:
+        self.snap, self._bt, self._bd, self._wids = snap, base_tokens, base_done, wids
+
+    def tokens(self, model: str) -> int:
+        m = self.snap.model(model)
+        return m.tokens_generated - self._bt.get(model, 0) if m else 0
+
+    def completed(self, model: str) -> int:
+        m = self.snap.model(model)
+        return m.completed - self._bd.get(model, 0) if m else 0
+
+    def workload_done(self, workload: str) -> bool:
+        eid = self._wids.get(workload)
+        w = next((w for w in self.snap.workloads if w.id == eid), None)
+        return w is not None and w.done
+
+    def idle(self) -> bool:
+        return (all(m.queued == 0 and m.running == 0 for m in self.snap.models)
+                and all(w.done for w in self.snap.workloads))
+
+    def preempted_busy(self) -> list[str]:
+        return [m.id for m in self.snap.models if (m.queued or m.running) and m.state == "preempted"]
+
+    def stuck(self) -> bool:
+        if self.idle():
+            return True
+        busy = [m for m in self.snap.models if m.queued or m.running]
+        open_models = {w.model for w in self.snap.workloads if not w.done}
+        return all(m.state == "preempted" for m in busy) and all(
+            (mm := self.snap.model(mid)) is not None and mm.state == "preempted" for mid in open_models)
