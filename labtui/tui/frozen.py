@@ -377,5 +377,6 @@ def demo_chart_points() -> list[tuple[str, int, int, float]]:
 def seed_chart(app) -> None:
     """Put the demo curve into a LabApp's chart (for screenshots and snapshot tests)."""
     for model, k, n, v in demo_chart_points():
-        app.chart_data.add_point(model, k, n, v, index=app.series.get(model, 0))
+        mode = "host" if model == "big" else "stream"
+        app.chart_data.add_point(model, k, n, v, index=app.series.get(model, 0), mode=mode)
     app.refresh_chart()

@@ -63,11 +63,13 @@ async def wait_for(pilot, cond: Callable[[], bool], timeout: float, step: float 
 
 
 async def set_layers(pilot, app, model: str, k: int) -> None:
-    """Move a model's slider to k layers with the keyboard (home, then → k times)."""
+    """Move a model's slider to k layers, as one request (the slider's own action, so
+    a loaded machine cannot split the key presses across the debounce)."""
     card = app._card(model)
     card.slider.focus()
     await pilot.pause()
-    await pilot.press("home", *(["right"] * k))
+    card.slider.action_set_to(k)
+    await pilot.pause(card.slider.DEBOUNCE_S + 0.1)
 
 
 def _layers(eng, model: str) -> int:
@@ -114,22 +116,29 @@ async def shoot(out: Path, log: Callable[[str], None] = lambda m: None) -> list[
                 )
                 await pilot.pause(SETTLE_S + 0.8)
             save(app, "lab-chart.svg")
-            chart_points = {m: dict(s.points) for m, s in app.chart_data.series.items()}
+            chart_points = {key: dict(s.points) for key, s in app.chart_data.series.items()}
 
             log("a model mid-move (link slowed to 0.02 GB/s)…")
-            await set_layers(pilot, app, "qwen", 6)
-            await wait_for(pilot, lambda: _layers(eng, "qwen") == 6, 20)
             from labtui.engine.commands import SetDeviceOptions
 
+            await set_layers(pilot, app, "qwen", 6)
+            await wait_for(pilot, lambda: _layers(eng, "qwen") == 6, 20)
+            # llama runs its non-resident blocks on the host meanwhile, so its decode
+            # does not stream weights over the slowed link
+            app._card("llama").slider.focus()
+            await pilot.press("m")
+            await wait_for(pilot, lambda: eng.snapshot().model("llama").mode == "host", 20)
             eng.execute(SetDeviceOptions(link=0.02))
             await set_layers(pilot, app, "llama", 8)
             await wait_for(
-                pilot, lambda: "M" in (eng.snapshot().model("llama").layer_cells), 20, 0.05
+                pilot, lambda: "M" in eng.snapshot().model("llama").layer_cells, 20, 0.05
             )
-            await pilot.pause(0.6)
+            await pilot.pause(0.8)
             save(app, "lab-moving.svg")
             await wait_for(pilot, lambda: _layers(eng, "llama") == 8, 60)
             eng.execute(SetDeviceOptions(link="pcie4-x16"))
+            await pilot.press("m")
+            await wait_for(pilot, lambda: eng.snapshot().model("llama").mode == "stream", 20)
 
             log("preempting llama (kv swap, weights disk) and resuming it…")
             app._card("llama").slider.focus()
@@ -155,10 +164,10 @@ async def shoot(out: Path, log: Callable[[str], None] = lambda m: None) -> list[
         app = LabApp(eng)
         async with app.run_test(size=NARROW) as pilot:
             await pilot.pause(0.5)  # first snapshot: series colours assigned
-            for m, pts in chart_points.items():
+            for (m, mode), pts in chart_points.items():
                 n = eng.snapshot().model(m).n_layers
                 for k, v in pts.items():
-                    app.chart_data.add_point(m, k, n, v, index=app.series.get(m, 0))
+                    app.chart_data.add_point(m, k, n, v, index=app.series.get(m, 0), mode=mode)
             await pilot.press("3")
             await pilot.pause(1.0)
             save(app, "lab-chart-80x24.svg")

@@ -4,9 +4,13 @@ textual-plotext exists on PyPI, but this chart needs only dots, lines and a few
 labels, so it is drawn here with braille cells (2×4 dots per cell): no extra
 dependency, and fully deterministic output for snapshot tests.
 
-Points accumulate as the user (or a scenario) moves sliders: when a model has
-decoded at the same residency for ``SETTLE_S`` seconds, its windowed tok/s becomes
-the point for that residency (later samples at the same residency replace it).
+Points accumulate as the user (or a scenario) moves sliders: one point per model,
+offload mode and number of resident layers. The value is the model's own decode
+rate at that placement: decode tokens / decode seconds since the placement
+settled (ModelSnapshot.decode_tokens/decode_s), so a model that shares the
+accelerator with another is not penalised for waiting its turn. Engines that do
+not fill those counters fall back to the snapshot's windowed tok/s, taken once the
+window holds only samples at the new placement.
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ from textual.widget import Widget
 
 from labtui.engine.snapshot import EngineSnapshot
 
-# A point is taken once the engine's "tok/s now" window (engine.metrics.WINDOW_S,
-# 3 s) holds only samples at the new residency, plus a little margin.
+# Windowed fallback: the engine's "tok/s now" window (engine.metrics.WINDOW_S, 3 s)
+# must hold only samples at the new residency, plus a little margin.
 SETTLE_S = 3.5
+# Busy-time rate: enough decode work after the move to be a fair measure.
+MIN_DECODE_S = 0.5
+MIN_DECODE_TOKENS = 4
 N_SERIES = 6
+MARKERS = {"stream": "●", "host": "◆"}
 
 _BRAILLE = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # [row][col]
 
@@ -31,11 +39,28 @@ _BRAILLE = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # [row][col
 @dataclass
 class Series:
     model: str
-    index: int
+    mode: str
+    index: int  # colour (per model)
     n_layers: int
     points: dict[int, float] = field(default_factory=dict)  # resident layers -> tok/s
     current: tuple[int, float] | None = None
-    _since: tuple[int, float] | None = None  # (layers, engine time first seen)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.mode}"
+
+    @property
+    def marker(self) -> str:
+        return MARKERS.get(self.mode, "●")
+
+
+@dataclass
+class _Since:
+    layers: int
+    mode: str
+    t: float
+    decode_tokens: int
+    decode_s: float
 
 
 def nice_ceiling(x: float) -> float:
@@ -53,41 +78,64 @@ class ChartData:
     """The accumulating points (kept apart from the widget so tests can read them)."""
 
     def __init__(self) -> None:
-        self.series: dict[str, Series] = {}
+        self.series: dict[tuple[str, str], Series] = {}
+        self._since: dict[str, _Since] = {}
+
+    def _series(self, model: str, mode: str, n_layers: int, index: int) -> Series:
+        s = self.series.get((model, mode))
+        if s is None or s.n_layers != n_layers:
+            s = self.series[(model, mode)] = Series(model, mode, index, n_layers)
+        return s
 
     def observe(self, snap: EngineSnapshot, series_index: dict[str, int]) -> bool:
         changed = False
         live = set()
         for m in snap.models:
-            live.add(m.id)
-            s = self.series.get(m.id)
-            if s is None or s.n_layers != m.n_layers:
-                s = self.series[m.id] = Series(m.id, series_index.get(m.id, 0), m.n_layers)
-                changed = True
+            if m.n_layers <= 0:
+                continue
+            s = self._series(m.id, m.mode, m.n_layers, series_index.get(m.id, 0))
+            live.add((m.id, m.mode))
             k = m.resident_layers
-            moving = "M" in m.layer_cells
-            decoding = m.state == "serving" and m.running > 0 and m.tok_s > 0 and not moving
+            # A measurement runs while the placement stays put; moves, preemption and
+            # mode changes start a new one (idle gaps between requests do not).
+            steady = m.state in ("serving", "idle") and "M" not in m.layer_cells
+            decoding = steady and m.state == "serving" and m.running > 0 and m.tok_s > 0
             cur = (k, m.tok_s) if decoding else None
+            since = self._since.get(m.id)
+            if not steady or since is None or (since.layers, since.mode) != (k, m.mode):
+                since = self._since[m.id] = _Since(k, m.mode, snap.t, m.decode_tokens, m.decode_s)
+            value = None
+            if m.decode_s > 0:  # the engine reports its decode work: busy-time rate
+                dtok = m.decode_tokens - since.decode_tokens
+                ds = m.decode_s - since.decode_s
+                if ds >= MIN_DECODE_S and dtok >= MIN_DECODE_TOKENS:
+                    value = dtok / ds
+                    if cur is not None:
+                        cur = (k, value)
+            elif decoding and snap.t - since.t >= SETTLE_S:
+                value = m.tok_s
+            if value is not None and s.points.get(k) != value:
+                s.points[k] = round(value, 3)
+                changed = True
             if cur != s.current:
                 s.current = cur
                 changed = True
-            if not decoding:
-                s._since = None
-                continue
-            if s._since is None or s._since[0] != k:
-                s._since = (k, snap.t)
-            elif snap.t - s._since[1] >= SETTLE_S and s.points.get(k) != m.tok_s:
-                s.points[k] = m.tok_s
+        for key, s in self.series.items():
+            if key not in live and s.current is not None:
+                s.current = None
                 changed = True
-        for gone in set(self.series) - live:
-            self.series[gone].current = None
         return changed
 
     def add_point(
-        self, model: str, layers: int, n_layers: int, tok_s: float, index: int = 0
+        self,
+        model: str,
+        layers: int,
+        n_layers: int,
+        tok_s: float,
+        index: int = 0,
+        mode: str = "stream",
     ) -> None:
-        s = self.series.setdefault(model, Series(model, index, n_layers))
-        s.points[layers] = tok_s
+        self._series(model, mode, n_layers, index).points[layers] = tok_s
 
     def clear(self) -> None:
         for s in self.series.values():
@@ -115,9 +163,11 @@ class ScatterChart(Widget):
 
         series = [s for s in self.data.series.values() if s.points or s.current]
         legend = Text(no_wrap=True, overflow="ellipsis")
-        for s in self.data.series.values():
-            legend.append("● ", self.get_component_rich_style(f"series--{s.index % N_SERIES}"))
-            legend.append(f"{s.model} ({len(s.points)} pts)  ")
+        for s in series or self.data.series.values():
+            legend.append(
+                f"{s.marker} ", self.get_component_rich_style(f"series--{s.index % N_SERIES}")
+            )
+            legend.append(f"{s.label} ({len(s.points)})  ")
         ylab = "tok/s ÷ tok/s at 100%" if self.normalised else "decode tok/s"
         legend.append(f"y: {ylab}", label)
         legend.truncate(W, overflow="ellipsis")
@@ -164,7 +214,7 @@ class ScatterChart(Widget):
                 for i in range(n + 1):
                     plot(round(x0 + (x1 - x0) * i / n), round(y0 + (y1 - y0) * i / n), s.index)
             for dx, dy in dpts:
-                marks[(dx // 2, dy // 4)] = ("●", s.index)
+                marks[(dx // 2, dy // 4)] = (s.marker, s.index)
             if s.current is not None:
                 y = yval(s, s.current[1])
                 if not math.isnan(y):

@@ -143,6 +143,10 @@ def describe(e: Event) -> str:
     return f"{m} {k} {rest}".strip()
 
 
+def fmt_gbps(x: float) -> str:
+    return f"{x:.1f} GB/s" if x >= 1 else f"{x:.2g} GB/s"
+
+
 def describe_moves(run: list[Event]) -> str:
     d0 = run[0].data
     total_b = sum(e.data.get("bytes", 0) for e in run)
@@ -153,7 +157,7 @@ def describe_moves(run: list[Event]) -> str:
     n = f" {len(run)} blocks" if len(run) > 1 else ""
     return (
         f"{d0.get('model')} {layers} {d0.get('what')} {arrow}{n} {fmt_bytes(total_b)} "
-        f"in {fmt_s(total_s)} = {gbps:.1f} GB/s ({d0.get('reason')})"
+        f"in {fmt_s(total_s)} = {fmt_gbps(gbps)} ({d0.get('reason')})"
     )
 
 
