@@ -75,3 +75,22 @@ def test_scenario_to_toml_round_trips_builtins(name):
     assert s2.commands() == s.commands()
     assert s2.sweep == s.sweep and s2.quick == s.quick and s2.device == s.device
     assert [t.when for t in s2.timeline] == [t.when for t in s.timeline]
+
+
+def test_recording_a_real_engine_keeps_engine_workload_ids(tmp_path):
+    from labtui.engine import Engine
+    from labtui.scenario.runner import run_file
+
+    with Engine(device="sim", memory_gib=1) as eng:
+        eng.load("zoo:llama-5m", id="a", residency=0.5)
+        wid = eng.launch_workload("a", requests=1, prompt_tokens=8, max_new_tokens=4)
+        assert eng.wait_idle(60)
+        eng.set_residency("a", 1.0)
+        eng.cancel_workload(wid)
+        text = scenario_from_log(eng, name="session")
+    s = parse_scenario(text, tmp_path / "session.toml")
+    assert s.device.kind == "sim" and s.workloads[0].id == wid
+    assert s.timeline[-1].action == "cancel_workload" and s.timeline[-1].workload == wid
+    (tmp_path / "session.toml").write_text(text)
+    res = run_file(tmp_path / "session.toml", out=tmp_path / "b", progress=False)
+    assert res.summary["runs"][0]["refused"] == [] and res.summary["runs"][0]["finished"]

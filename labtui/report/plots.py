@@ -41,6 +41,7 @@ def residency_figure(by_bundle: dict[str, list[Run]], out: Path, norm: bool) -> 
     data = {b: (normalised(rs) if norm else curves(rs, residency_of, "decode_tok_s", ("residency",)))
             for b, rs in by_bundle.items()}
     data = {b: {k: v for k, v in d.items() if len(v) > 1} for b, d in data.items()}
+    data = {b: d for b, d in data.items() if d}  # a bundle without this curve gets no column
     sources = sorted({k[0] for d in data.values() for k in d})
     if not sources:
         return None
@@ -74,7 +75,8 @@ def axis_figure(by_bundle: dict[str, list[Run]], out: Path, axis: str, x_of, xla
     """Decode tok/s against one swept quantity (output length, link GB/s, ...)."""
     data = {b: {k: v for k, v in curves(rs, x_of, "decode_tok_s", (axis,)).items() if len(v) > 1}
             for b, rs in by_bundle.items()}
-    if not any(data.values()):
+    data = {b: d for b, d in data.items() if d}
+    if not data:
         return None
     fig, axes = _grid(1, len(data))
     for j, (b, d) in enumerate(data.items()):
@@ -89,7 +91,8 @@ def axis_figure(by_bundle: dict[str, list[Run]], out: Path, axis: str, x_of, xla
         if logx:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     return _save(fig, out, stem)
 
 
@@ -127,12 +130,14 @@ def preemption_figure(rows: list[dict], out: Path) -> str | None:
 def costmodel_figure(preds: list[Prediction], reloads: list[dict], out: Path) -> str | None:
     if not preds and not reloads:
         return None
-    fig, axes = _grid(1, 2, w=4.6, h=4.2)
-    for ax, items, title in (
-        (axes[0][0], [(p.measured_s * 1e3, p.predicted_s * 1e3, f"{_short(p.source)} {p.mode}") for p in preds],
+    panels = [(items, title) for items, title in (
+        ([(p.measured_s * 1e3, p.predicted_s * 1e3, f"{_short(p.source)} {p.mode}") for p in preds],
          "decode ms/token"),
-        (axes[0][1], [(r["measured_s"], r["predicted_s"], r["phase"]) for r in reloads], "reload / kv_in s"),
-    ):
+        ([(r["measured_s"], r["predicted_s"], f"{r['phase']} (weights {r['weights']})") for r in reloads],
+         "reload / kv_in s"),
+    ) if items]
+    fig, axes = _grid(1, len(panels), w=4.6, h=4.2)
+    for ax, (items, title) in zip(axes[0], panels, strict=True):
         by: dict[str, list] = defaultdict(list)
         for m, p, lab in items:
             by[lab].append((m, p))

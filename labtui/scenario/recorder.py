@@ -35,7 +35,7 @@ def scenario_from_log(
 ) -> str:
     """TOML text of a scenario that replays `engine_or_log` (an Engine, or a list of
     (t, Command)). `device_opts`: kind, memory_gib, link, host_slowdown."""
-    log = list(getattr(engine_or_log, "command_log", engine_or_log))
+    log = _with_workload_ids(engine_or_log, list(getattr(engine_or_log, "command_log", engine_or_log)))
     if device_opts is None and hasattr(engine_or_log, "snapshot"):
         device_opts = _device_opts(engine_or_log.snapshot().device)
     doc: dict[str, Any] = {
@@ -67,6 +67,24 @@ def scenario_from_log(
     doc["models"], doc["workloads"], doc["timeline"] = models, workloads, timeline
     return tomlw.dumps({k: v for k, v in doc.items() if v != []},
                        header=f"labtui scenario: {name} (recorded)")
+
+
+def _with_workload_ids(source: Any, log: list) -> list:
+    """Give id-less LaunchWorkloads the id the engine assigned (from its
+    workload_start events, which pair one to one and in order with the launches
+    it executed), so a recorded cancel_workload still names its workload."""
+    if not hasattr(source, "events_since"):
+        return log
+    started = [e.data.get("workload") for e in source.events_since(0) if e.kind == "workload_start"]
+    launches = [i for i, (_, c) in enumerate(log) if isinstance(c, LaunchWorkload)]
+    if len(started) != len(launches):  # old events dropped from the engine's window: leave as is
+        return log
+    out = list(log)
+    for i, wid in zip(launches, started, strict=True):
+        t, c = out[i]
+        if c.id is None and wid:
+            out[i] = (t, c.model_copy(update={"id": wid}))
+    return out
 
 
 def _fields(cmd: Any) -> dict:
