@@ -78,8 +78,7 @@ async def test_slider_keys_move_exactly_those_layers(engine):
     seq0 = last_seq(engine)
     app = LabApp(engine)
     async with app.run_test(size=(100, 30)) as pilot:
-        assert await wait_for(pilot, lambda: app.query(ModelCard))
-        await pilot.pause(0.2)
+        assert await wait_for(pilot, lambda: app.selected == "a")  # first card selected
         slider = app.query_one(ResidencySlider)
         assert slider.has_focus  # the first card is selected on start
         await pilot.press("left", "left", "left")  # 6 -> 3 layers, one request after 0.4 s
@@ -98,8 +97,7 @@ async def test_slider_keys_move_exactly_those_layers(engine):
 async def test_slider_drag_applies_once_on_release(engine):
     app = LabApp(engine)
     async with app.run_test(size=(100, 30)) as pilot:
-        assert await wait_for(pilot, lambda: app.query(ModelCard))
-        await pilot.pause(0.2)
+        assert await wait_for(pilot, lambda: app.selected == "a")  # first card selected
         slider = app.query_one(ResidencySlider)
         track = slider._track_width()
         knob_x = track - 1  # 6/6 layers: knob at the right end of the track
@@ -158,8 +156,7 @@ async def test_preempt_resume_from_ui_matches_api(engine):
     seq0 = last_seq(engine)
     app = LabApp(engine)
     async with app.run_test(size=(100, 30)) as pilot:
-        assert await wait_for(pilot, lambda: app.query(ModelCard))
-        await pilot.pause(0.2)
+        assert await wait_for(pilot, lambda: app.selected == "a")  # first card selected
         await _ui_preempt_resume(pilot, app, engine)
         # the four-phase breakdown is on the card
         card = app.query_one(ModelCard)
@@ -182,8 +179,7 @@ async def test_preempt_resume_from_ui_matches_api(engine):
 async def test_launched_workload_produces_tokens(engine):
     app = LabApp(engine)
     async with app.run_test(size=(100, 30)) as pilot:
-        assert await wait_for(pilot, lambda: app.query(ModelCard))
-        await pilot.pause(0.2)
+        assert await wait_for(pilot, lambda: app.selected == "a")  # first card selected
         await pilot.press("w")
         await pilot.pause(0.2)
         modal = app.screen
@@ -214,8 +210,7 @@ async def test_saved_session_replays_headless_to_the_same_commands(engine, tmp_p
     app = LabApp(engine)
     path = tmp_path / "session.toml"
     async with app.run_test(size=(100, 30)) as pilot:
-        assert await wait_for(pilot, lambda: app.query(ModelCard))
-        await pilot.pause(0.2)
+        assert await wait_for(pilot, lambda: app.selected == "a")  # first card selected
         await pilot.press("m")  # offload mode -> host
         assert await wait_for(pilot, lambda: engine.snapshot().model("a").mode == "host")
         await pilot.press("left", "left")  # 6 -> 4 layers
@@ -255,3 +250,83 @@ async def test_saved_session_replays_headless_to_the_same_commands(engine, tmp_p
     run_scenario(scn, out=tmp_path / "bundle", progress=False, engine_factory=factory)
     assert len(engines) == 1
     assert cmds(engines[0]) == recorded
+
+
+SCENARIO = """
+[lab]
+name = "tiny-replay"
+
+[device]
+kind = "sim"
+memory_gib = 2
+link = "pcie4-x16"
+host_slowdown = 2.0
+
+[[models]]
+id = "a"
+source = "zoo:llama-5m"
+residency = 1.0
+
+[[timeline]]
+at = 0.3
+action = "set_residency"
+model = "a"
+residency = 0.5
+
+[[timeline]]
+at = 0.6
+action = "preempt"
+model = "a"
+kv = "drop"
+weights = "host"
+
+[[timeline]]
+at = 0.9
+action = "resume"
+model = "a"
+
+[[timeline]]
+at = 1.0
+action = "note"
+text = "replayed in the lab"
+"""
+
+
+@run_async
+async def test_open_scenario_replays_its_timeline(tmp_path):
+    from labtui.engine import Engine
+    from labtui.scenario.schema import load_scenario
+    from labtui.tui.bridge import engine_kwargs
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(SCENARIO)
+    scn = load_scenario(path)
+    eng = Engine(**engine_kwargs(scn, None))
+    try:
+        app = LabApp(eng, scenario=scn)
+        async with app.run_test(size=(100, 30)) as pilot:
+            assert await wait_for(pilot, lambda: eng.snapshot().note == "replayed in the lab", 30)
+            await pilot.pause(0.5)
+            assert app.replay is not None and app.replay.status == ""
+            card = app.query_one(ModelCard)
+            assert card.layer_map.cells == "RRRSSS"
+            assert card.phase_bar.report is not None and card.phase_bar.report.kv == "drop"
+        assert [c.action for c in cmds(eng)] == [
+            "load",
+            "set_residency",
+            "preempt",
+            "resume",
+            "note",
+        ]
+    finally:
+        eng.close()
+
+
+def test_open_bad_scenario_is_one_line_exit_2(tmp_path, capsys):
+    from labtui.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[models]]\nsource = "zoo:llama-5m"\nresidency = 2.0\n')
+    assert main(["open", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "residency" in err[0]

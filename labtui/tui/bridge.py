@@ -1,15 +1,14 @@
 """The lab's link to the scenario package: loading, replay, recording.
 
 The lab has no scenario logic of its own: it loads files with
-``labtui.scenario.schema``, replays them with the runner's timeline player when
-it exists, and records with ``labtui.scenario.recorder``. Nothing here imports
-torch.
+``labtui.scenario.schema``, replays them with ``labtui.scenario.player`` (the
+runner's own timeline player) and records with ``labtui.scenario.recorder``.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,16 +58,10 @@ def engine_kwargs(scn, device: str | None) -> dict[str, Any]:
 
 
 class Replay:
-    """Plays a scenario against a running engine on its own thread.
-
-    Same semantics as ``labtui run`` (it drives the scenario package's own
-    ``Schedule``, the runner's decider): [[models]] loaded first, in order; then
-    workloads at their ``at`` and timeline entries in file order, each once its
-    ``at`` has come and its ``when`` holds. Uses the runner's ``play_timeline``
-    instead if the runner exposes one.
-    """
-
-    POLL_S = 0.02
+    """Plays a scenario against the lab's engine on its own thread, with the
+    scenario package's ``play_timeline`` (the very function ``labtui run`` uses):
+    [[models]] loaded first, in order; then workloads at their ``at`` and timeline
+    entries in file order, each once its ``at`` has come and its ``when`` holds."""
 
     def __init__(
         self,
@@ -83,6 +76,7 @@ class Replay:
         self.on_done = on_done
         self.stop_event = threading.Event()
         self.status = "replaying"
+        self.result = None
         self.thread = threading.Thread(target=self._run, name="labtui-replay", daemon=True)
 
     def start(self) -> Replay:
@@ -93,122 +87,26 @@ class Replay:
         self.stop_event.set()
 
     def _run(self) -> None:
+        from labtui.scenario.player import play_timeline
+
         try:
-            player = _runner_player()
-            if player is not None:
-                player(self.scn, self.engine, stop=self.stop_event, on_error=self.on_error)
-            else:
-                self._play()
-            if self.stop_event.is_set():
-                self.status = "stopped"
-                return
-            self.status = ""
-            self.on_done(f"scenario {self.scn.name}: timeline done")
+            self.result = play_timeline(
+                self.scn, self.engine, stop=self.stop_event, on_error=self.on_error
+            )
         except LabError as e:
             self.status = "failed"
             self.on_error(f"scenario {self.scn.name}: {e}")
+            return
         except Exception as e:  # noqa: BLE001 - never a traceback in the lab
-            if self.stop_event.is_set():
-                return  # the lab is closing; the engine went away under us
-            self.status = "failed"
-            self.on_error(f"scenario {self.scn.name}: internal error: {one_line(e)}")
-
-    def _play(self) -> None:
-        from labtui.scenario.schedule import Schedule
-        from labtui.scenario.schema import as_command
-
-        eng = self.engine
-        for i, m in enumerate(self.scn.models):
-            if self.stop_event.is_set():
-                return
-            try:
-                eng.execute(as_command(m))
-            except LabError as e:
-                self.on_error(f"models[{i}] ({m.id}): {e}")
-        snap = eng.snapshot()
-        view = _View(
-            snap,
-            {m.id: m.tokens_generated for m in snap.models},
-            {m.id: m.completed for m in snap.models},
-            {},
-        )
-        schedule = Schedule(self.scn)
-        t0 = time.monotonic()
-        while not self.stop_event.is_set() and not schedule.done:
-            view.snap = eng.snapshot()
-            for step in schedule.due(time.monotonic() - t0, view):
-                if self.stop_event.is_set():
-                    return
-                self._execute(step, view.wids)
-            view.snap = eng.snapshot()
-            if schedule.stalled(view) is not None:
-                skipped = schedule.skip_rest()
-                self.on_error(f"scenario {self.scn.name}: stalled; skipped {', '.join(skipped)}")
-                return
-            self.stop_event.wait(self.POLL_S)
-
-    def _execute(self, step, wids: dict) -> None:
-        from labtui.engine.commands import CancelWorkload, LaunchWorkload
-
-        if step.kind == "wait_timeout":
-            self.on_error(f"{step.source} (wait_idle) timed out; went on")
+            if not self.stop_event.is_set():  # else: the lab is closing under us
+                self.status = "failed"
+                self.on_error(f"scenario {self.scn.name}: internal error: {one_line(e)}")
             return
-        if step.kind != "command":
+        if self.stop_event.is_set():
+            self.status = "stopped"
             return
-        cmd = step.command
-        if isinstance(cmd, CancelWorkload) and cmd.workload in wids:
-            cmd = CancelWorkload(workload=wids[cmd.workload])
-        try:
-            result = self.engine.execute(cmd)
-        except LabError as e:
-            self.on_error(f"{step.source} ({cmd.action}) refused: {e}")
-            return
-        if isinstance(cmd, LaunchWorkload):
-            wids[step.workload_id or step.source] = result
-
-
-class _View:
-    """Answers the Schedule's questions from the latest snapshot (as the runner's)."""
-
-    def __init__(self, snap, base_tokens: dict, base_done: dict, wids: dict) -> None:
-        self.snap, self._bt, self._bd, self.wids = snap, base_tokens, base_done, wids
-
-    def tokens(self, model: str) -> int:
-        m = self.snap.model(model)
-        return m.tokens_generated - self._bt.get(model, 0) if m else 0
-
-    def completed(self, model: str) -> int:
-        m = self.snap.model(model)
-        return m.completed - self._bd.get(model, 0) if m else 0
-
-    def workload_done(self, workload: str) -> bool:
-        eid = self.wids.get(workload)
-        w = next((w for w in self.snap.workloads if w.id == eid), None)
-        return w is not None and w.done
-
-    def idle(self) -> bool:
-        return all(m.queued == 0 and m.running == 0 for m in self.snap.models) and all(
-            w.done for w in self.snap.workloads
-        )
-
-    def stuck(self) -> bool:
-        if self.idle():
-            return True
-        busy = [m for m in self.snap.models if m.queued or m.running]
-        open_models = {w.model for w in self.snap.workloads if not w.done}
-        return all(m.state == "preempted" for m in busy) and all(
-            (mm := self.snap.model(mid)) is not None and mm.state == "preempted"
-            for mid in open_models
-        )
-
-
-def _runner_player():
-    """The runner's shared timeline player, if it exposes one."""
-    try:
-        from labtui.scenario import runner
-    except Exception:  # noqa: BLE001
-        return None
-    return getattr(runner, "play_timeline", None)
+        self.status = ""
+        self.on_done(f"scenario {self.scn.name}: timeline done")
 
 
 def save_recording(engine, path: str | Path, scn=None) -> Path:

@@ -1,0 +1,234 @@
+"""Fast tests of the lab's pieces: formatting, folding, chart points, dialogs and
+keys on a FrozenEngine (no torch, no clocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import replace
+
+import pytest
+
+from labtui.engine.commands import LaunchWorkload, Preempt, SetResidency
+from labtui.engine.events import Event
+from labtui.errors import LabError
+from labtui.tui.app import LabApp
+from labtui.tui.format import device_line, ellipsize, fmt_bytes, fmt_s
+from labtui.tui.frozen import FrozenEngine, demo_device, demo_events, demo_model, demo_snapshot
+from labtui.tui.validate import build
+from labtui.tui.widgets.chart import SETTLE_S, ChartData
+from labtui.tui.widgets.event_log import describe_moves, fold_moves
+from labtui.tui.widgets.model_card import metrics_line
+from labtui.tui.widgets.phases import allocate
+from labtui.tui.widgets.slider import ResidencySlider
+
+
+def run_async(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+def test_device_line_says_simulated_budget_and_link():
+    assert device_line(demo_device()) == (
+        "sim (simulated accelerator) · 4.0 GiB budget · link pcie4-x16 25 GB/s"
+    )
+
+
+def test_formatting():
+    assert fmt_bytes(1536) == "1.5 KiB" and fmt_bytes(3 * 1024**3) == "3.0 GiB"
+    assert fmt_s(0.0042) == "4.2 ms" and fmt_s(12.3) == "12.30 s" and fmt_s(None) == "–"
+    assert ellipsize("abcdef", 4) == "abc…" and ellipsize("abc", 4) == "abc"
+
+
+@pytest.mark.parametrize(
+    "values,width", [([0.004, 0.012, 0.42, 0.0036, 0], 40), ([1, 1], 7), ([0, 0], 5)]
+)
+def test_phase_cells_fill_the_width_and_keep_small_phases(values, width):
+    cells = allocate(values, width)
+    if sum(values):
+        assert sum(cells) == width
+    for v, c in zip(values, cells, strict=True):
+        assert (c >= 1) == (v > 0)
+
+
+def test_layer_moves_fold_into_one_line():
+    ev = [
+        Event(
+            i,
+            1.0,
+            "layer_move",
+            {
+                "model": "big",
+                "layer": i,
+                "what": "weights",
+                "direction": "d2h",
+                "bytes": 1 << 20,
+                "seconds": 0.001,
+                "gbps": 1.0,
+                "reason": "residency",
+            },
+        )
+        for i in range(4, 8)
+    ] + [Event(9, 1.1, "residency", {"model": "big", "residency": 0.5})]
+    folded = fold_moves(ev)
+    assert len(folded) == 2 and isinstance(folded[0], list) and len(folded[0]) == 4
+    line = describe_moves(folded[0])
+    assert "big L4–L7 weights → host 4 blocks 4.0 MiB" in line and "GB/s" in line
+
+
+def test_metrics_line_drops_least_important_first():
+    m = demo_model()
+    wide = metrics_line(m, 200).plain
+    narrow = metrics_line(m, 50).plain
+    assert "MiB/tok" in wide and "TTFT" in narrow and "MiB/tok" not in narrow
+
+
+def test_build_gives_one_line_errors():
+    with pytest.raises(LabError) as e:
+        build(LaunchWorkload, model="a", kind="poisson")
+    assert "rate_per_s" in str(e.value) and "\n" not in str(e.value)
+    assert build(Preempt, model="a", kv="drop").kv == "drop"
+
+
+def _snap_with(model, t):
+    s = demo_snapshot()
+    return replace(s, t=t, models=(model,))
+
+
+def test_chart_windowed_fallback_waits_for_the_window():
+    data = ChartData()
+    m = demo_model("small", tok_s=100.0)
+    assert data.observe(_snap_with(m, 10.0), {"small": 0})  # current point shown
+    data.observe(_snap_with(m, 10.0 + SETTLE_S - 0.1), {"small": 0})
+    assert data.series[("small", "stream")].points == {}
+    data.observe(_snap_with(m, 10.0 + SETTLE_S + 0.1), {"small": 0})
+    assert data.series[("small", "stream")].points == {8: 100.0}
+
+
+def test_chart_uses_busy_time_rate_when_engine_reports_decode_work():
+    data = ChartData()
+    m = replace(demo_model("small", tok_s=50.0), decode_tokens=100, decode_s=1.0)
+    data.observe(_snap_with(m, 1.0), {"small": 0})
+    m2 = replace(m, decode_tokens=180, decode_s=1.5)  # 80 tokens in 0.5 s of decode
+    data.observe(_snap_with(m2, 2.0), {"small": 0})
+    assert data.series[("small", "stream")].points == {8: 160.0}
+    # a move starts a new measurement at the new residency
+    m3 = replace(m2, layer_cells="RRRRSSSS", decode_tokens=200, decode_s=1.6)
+    data.observe(_snap_with(m3, 2.5), {"small": 0})
+    assert 4 not in data.series[("small", "stream")].points
+
+
+async def wait_for(pilot, cond, timeout: float = 5.0) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        if cond():
+            return True
+        await pilot.pause(0.05)
+    return cond()
+
+
+def frozen(kind="default"):
+    return FrozenEngine(demo_snapshot(kind), demo_events(kind))
+
+
+@run_async
+async def test_slider_keys_send_one_request_after_the_pause():
+    eng = frozen()
+    app = LabApp(eng)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert await wait_for(pilot, lambda: app.selected == "small")
+        slider = app.query(ResidencySlider).first()
+        assert slider.has_focus and slider.model == "small"
+        await pilot.press("left", "left", "left", "left")
+        assert eng.submitted == []  # nothing per key
+        await pilot.pause(ResidencySlider.DEBOUNCE_S + 0.2)
+        assert eng.submitted == [SetResidency(model="small", residency=0.5)]
+
+
+@run_async
+async def test_tab_moves_between_cards_and_keys_act_on_the_selected_one():
+    eng = frozen()
+    app = LabApp(eng)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert await wait_for(pilot, lambda: app.selected == "small")
+        await pilot.press("tab")
+        assert await wait_for(pilot, lambda: app.selected == "big")
+        await pilot.press("f")
+        await pilot.press("p")
+        await pilot.pause(0.1)
+        await pilot.press("p")  # under the dialog, lab keys do nothing
+        await pilot.click("#kv-drop")
+        await pilot.click("#ok")
+        await pilot.pause(0.1)
+        names = [type(c).__name__ for c in eng.submitted]
+        assert names == ["SetPrefetch", "Preempt"]
+        assert eng.submitted[1] == Preempt(model="big", kv="drop", weights="host")
+
+
+@run_async
+async def test_refused_command_is_a_notification_not_a_traceback():
+    class Refusing(FrozenEngine):
+        def submit_command(self, cmd):
+            raise LabError("big: 16/16 layers need 3.1 GiB, only 1.7 GiB free on sim")
+
+    app = LabApp(Refusing(demo_snapshot(), []))
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert await wait_for(pilot, lambda: app.selected == "small")
+        await pilot.press("tab", "end")
+        await pilot.pause(ResidencySlider.DEBOUNCE_S + 0.2)
+        msgs = [n.message for n in app._notifications]
+        assert any("only 1.7 GiB free" in m for m in msgs)
+        slider = app.query(ResidencySlider).last()
+        assert slider.value == slider.applied == 8  # snapped back to what the engine has
+
+
+@run_async
+async def test_busy_engine_shows_as_busy():
+    class Stuck(FrozenEngine):
+        frozen = False
+
+    snap = replace(demo_snapshot(), busy="moving big L10")
+    app = LabApp(Stuck(snap, []))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(2.2)
+        bar = app.query_one("#devicebar")
+        assert "engine busy" in str(bar.render())
+
+
+@run_async
+async def test_help_lists_every_binding():
+    from labtui.tui.screens.help import KEYS, HelpScreen
+
+    app = LabApp(frozen())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+    documented = " ".join(k for k, _ in KEYS)
+    for b in LabApp.BINDINGS:
+        for key in b.key.split(","):
+            shown = {"question_mark": "?", "f1": "F1"}.get(key, key)
+            assert shown in documented, key
+
+
+@run_async
+async def test_invalid_workload_values_send_nothing():
+    eng = frozen()
+    app = LabApp(eng)
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert await wait_for(pilot, lambda: app.selected == "small")
+        await pilot.press("w")
+        await pilot.pause(0.1)
+        app.screen.query_one("#kind").value = "poisson"  # needs a rate
+        await pilot.click("#ok")
+        await pilot.pause(0.1)
+        assert eng.submitted == []
+        assert any("rate_per_s" in n.message for n in app._notifications)
+        app.screen.query_one("#rate").value = "2.5"
+        await pilot.click("#ok")
+        await pilot.pause(0.1)
+        assert eng.submitted[0].kind == "poisson" and eng.submitted[0].rate_per_s == 2.5
