@@ -405,7 +405,15 @@ def _write_checkpoint(spec: ZooSpec, out: Path) -> None:
     dtype = storage_dtype(spec.name)
     model = make_model(spec.name, dtype=dtype)
     model.config.dtype = dtype
-    model.save_pretrained(out, safe_serialization=True)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in `labtui zoo build`
+    try:
+        model.save_pretrained(out, safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tok = make_tokenizer(spec)
     tok.save_pretrained(out)
     GenerationConfig(
