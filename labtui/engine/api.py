@@ -181,45 +181,54 @@ class Engine:
         return self.submit_command(cmd).result(timeout)
 
     # convenience wrappers ---------------------------------------------------
+    def _build(self, action, **fields) -> C._Cmd:
+        """C.build, plus the ``refused`` event that every refusal leaves (engine-api.md),
+        also for values refused by the command's field checks before it is queued."""
+        try:
+            return C.build(action, **fields)
+        except LabError as e:
+            self._emit("refused", command=action.model_fields["action"].default, reason=one_line(e))
+            raise
+
     def load(self, source: str, id: str | None = None, **kw) -> str:
-        return self.execute(C.build(C.Load, source=source, id=id, **kw))
+        return self.execute(self._build(C.Load, source=source, id=id, **kw))
 
     def unload(self, model: str) -> None:
-        self.execute(C.build(C.Unload, model=model))
+        self.execute(self._build(C.Unload, model=model))
 
     def set_residency(self, model: str, residency: float | Iterable[int], mode: str | None = None):
         if isinstance(residency, (int, float)) and not isinstance(residency, bool):
-            cmd = C.build(C.SetResidency, model=model, residency=float(residency), mode=mode)
+            cmd = self._build(C.SetResidency, model=model, residency=float(residency), mode=mode)
         else:
-            cmd = C.build(C.SetResidency, model=model, layers=list(residency), mode=mode)
+            cmd = self._build(C.SetResidency, model=model, layers=list(residency), mode=mode)
         return self.execute(cmd)
 
     def set_mode(self, model: str, mode: str):
-        return self.execute(C.build(C.SetMode, model=model, mode=mode))
+        return self.execute(self._build(C.SetMode, model=model, mode=mode))
 
     def set_prefetch(self, model: str, prefetch: bool):
-        return self.execute(C.build(C.SetPrefetch, model=model, prefetch=prefetch))
+        return self.execute(self._build(C.SetPrefetch, model=model, prefetch=prefetch))
 
     def preempt(self, model: str, kv: str = "swap", weights: str = "host") -> PhaseReport:
-        return self.execute(C.build(C.Preempt, model=model, kv=kv, weights=weights))
+        return self.execute(self._build(C.Preempt, model=model, kv=kv, weights=weights))
 
     def resume(self, model: str) -> PhaseReport:
-        return self.execute(C.build(C.Resume, model=model))
+        return self.execute(self._build(C.Resume, model=model))
 
     def launch_workload(self, model: str, **kw) -> str:
-        return self.execute(C.build(C.LaunchWorkload, model=model, **kw))
+        return self.execute(self._build(C.LaunchWorkload, model=model, **kw))
 
     def cancel_workload(self, workload: str):
-        return self.execute(C.build(C.CancelWorkload, workload=workload))
+        return self.execute(self._build(C.CancelWorkload, workload=workload))
 
     def set_policy(self, policy: str):
-        return self.execute(C.build(C.SetPolicy, policy=policy))
+        return self.execute(self._build(C.SetPolicy, policy=policy))
 
     def set_device_options(self, **kw):
-        return self.execute(C.build(C.SetDeviceOptions, **kw))
+        return self.execute(self._build(C.SetDeviceOptions, **kw))
 
     def note(self, text: str):
-        return self.execute(C.build(C.Note, text=text))
+        return self.execute(self._build(C.Note, text=text))
 
     def submit(
         self,
