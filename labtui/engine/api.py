@@ -759,9 +759,10 @@ class Engine:
             return
         hm.device.synchronize()
         now = time.perf_counter()
-        bytes_read = hm.weight_bytes() + hm.ledger().accel_kv + hm.ledger().host_kv
+        led = hm.ledger()
+        bytes_read = hm.weight_bytes() + led.accel_kv + led.host_kv  # gpt-fast's bytes per step
         ms.metrics.on_step(now, tokens, now - t0, bytes_read, decode=(action == "decode"))
-        hm.sync_reservation()
+        hm.sync_reservation(led)
         for req in finished:
             self._finish(ms, req, cancelled=False, reason=req.finish_reason)
 

@@ -30,37 +30,45 @@ def _median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def _hf_decode_tok_s(model, prompt_ids, batch: int, n_new: int, reps: int) -> float:
-    """transformers generate: decode tokens/s = (T(n) - T(1)) over (n-1) x batch tokens."""
-    ids = torch.tensor([prompt_ids] * batch)
+def _hf_decode_s(model, ids, n_new: int) -> float:
     mask = torch.ones_like(ids)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
+    return time.perf_counter() - t0
 
-    def run(n):
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        return time.perf_counter() - t0
 
-    run(4)  # warm-up
-    rates = []
+def _engine_decode_s(eng: Engine, m: str, prompt_ids, batch: int, n_new: int) -> float:
+    t0 = time.perf_counter()
+    reqs = [eng.submit(m, prompt_ids, max_new_tokens=n_new) for _ in range(batch)]
+    for r in reqs:
+        r.done.wait(600)
+    return time.perf_counter() - t0
+
+
+def decode_ratio(eng: Engine, m: str, hf, prompt_ids, batch: int, n_new: int, reps: int) -> dict:
+    """Engine vs transformers generate, interleaved so that load drift hits both.
+
+    Decode rate = (n_new - 1) x batch / (T(n_new) - T(1)): prefill and request
+    set-up cancel out, as in gpt-fast's per-token timing.
+    """
+    ids = torch.tensor([prompt_ids] * batch)
+    _hf_decode_s(hf, ids, 4)
+    _engine_decode_s(eng, m, prompt_ids, batch, 4)
+    eng_r, hf_r, ratios = [], [], []
     for _ in range(reps):
-        t1, tn = run(1), run(n_new)
-        rates.append((n_new - 1) * batch / max(1e-9, tn - t1))
-    return _median(rates)
-
-
-def _engine_decode_tok_s(eng: Engine, m: str, prompt_ids, batch: int, n_new: int, reps: int) -> float:
-    def run():
-        reqs = [eng.submit(m, prompt_ids, max_new_tokens=n_new) for _ in range(batch)]
-        for r in reqs:
-            r.done.wait(600)
-        first = max(r.token_times[0] for r in reqs)  # all rows admitted
-        last = max(r.token_times[-1] for r in reqs)
-        decoded = sum(sum(1 for t in r.token_times if t > first) for r in reqs)
-        return decoded / max(1e-9, last - first)
-
-    run()
-    return _median([run() for _ in range(reps)])
+        e = (n_new - 1) * batch / max(1e-9, _engine_decode_s(eng, m, prompt_ids, batch, n_new) - _engine_decode_s(eng, m, prompt_ids, batch, 1))
+        h = (n_new - 1) * batch / max(1e-9, _hf_decode_s(hf, ids, n_new) - _hf_decode_s(hf, ids, 1))
+        eng_r.append(e)
+        hf_r.append(h)
+        ratios.append(e / h)
+    return {
+        "engine_tok_s": round(_median(eng_r), 2),
+        "generate_tok_s": round(_median(hf_r), 2),
+        "ratio": round(_median(ratios), 3),
+        "ratio_min": round(min(ratios), 3),
+        "ratio_max": round(max(ratios), 3),
+    }
 
 
 def bench_model(name: str, quick: bool = False, device: str = "sim") -> dict:
@@ -82,9 +90,7 @@ def bench_model(name: str, quick: bool = False, device: str = "sim") -> dict:
         out["n_layers"] = hm.n_layers
         hf = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).eval()
         for b in (1, 8):
-            e = _engine_decode_tok_s(eng, m, prompt, b, n_new, reps)
-            h = _hf_decode_tok_s(hf, prompt, b, n_new, reps)
-            out[f"batch{b}"] = {"engine_tok_s": round(e, 2), "generate_tok_s": round(h, 2), "ratio": round(e / h, 3)}
+            out[f"batch{b}"] = decode_ratio(eng, m, hf, prompt, b, n_new, 3 if quick else 7)
         del hf
         # achieved bandwidth, batch 1 resident: bytes read per token x tokens/s
         bpt = hm.weight_bytes()

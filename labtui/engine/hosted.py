@@ -196,6 +196,7 @@ class HostedModel:
         self._host_t0 = 0.0
         self._pe_cache: tuple[int, object] | None = None
         self._reserved = 0
+        self._weight_bytes: int | None = None
         self._kv_swapped = False  # preempted with kv=swap: accelerator KV is on the host
         self._paused_window = False  # preempted: no stream buffers held
         self.kv_bytes_per_token = [0] * self.n_layers  # measured by warmup()
@@ -389,9 +390,9 @@ class HostedModel:
         buf = 0 if self.weights_released or self._paused_window else self._window_bytes(offl, self.mode)
         return Ledger(accel_weights=aw, accel_kv=akv, accel_buffers=buf, host_weights=hw, host_kv=hkv)
 
-    def sync_reservation(self) -> None:
+    def sync_reservation(self, ledger: Ledger | None = None) -> None:
         """Keep the device's accounting equal to this model's ledger."""
-        total = self.ledger().accel_total
+        total = (ledger or self.ledger()).accel_total
         delta = total - self._reserved
         if delta > 0:
             self.device.reserve(delta)
@@ -409,7 +410,9 @@ class HostedModel:
         return "".join(CELL_MOVING if i in self.moving else code[p] for i, p in enumerate(self.placement))
 
     def weight_bytes(self) -> int:
-        return self.rest.nbytes + sum(b.nbytes for b in self.blocks)
+        if self._weight_bytes is None:
+            self._weight_bytes = self.rest.nbytes + sum(b.nbytes for b in self.blocks)
+        return self._weight_bytes
 
     def streamed_bytes_per_forward(self) -> int:
         return sum(self.blocks[i].nbytes for i, p in enumerate(self.placement) if p == STREAM)
