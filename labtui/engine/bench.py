@@ -80,7 +80,7 @@ def bench_model(name: str, quick: bool = False, device: str = "sim") -> dict:
     n_new = 32 if quick else 64
     reps = 2 if quick else 3
     out: dict = {"model": name}
-    eng = Engine(device=device, memory_gib=8, link=1000.0, host_slowdown=1.0)
+    eng = Engine(device=device, memory_gib=8 if device == "sim" else None, link=1000.0, host_slowdown=1.0)
     try:
         m = eng.load(f"zoo:{name}")
         hm = eng._models[m].hm
@@ -102,8 +102,14 @@ def bench_model(name: str, quick: bool = False, device: str = "sim") -> dict:
         compute_s = _median(_gaps(res.token_times_s))
         eng.set_residency(m, 0.5, mode="stream")
         streamed = hm.streamed_bytes_per_forward()
-        link_gbps = streamed / compute_s / 1e9
-        eng.set_device_options(link=round(link_gbps, 4))
+        if eng.device.simulated:
+            # pace the simulated link so that streaming takes as long as computing
+            link_gbps = streamed / compute_s / 1e9
+            eng.set_device_options(link=round(link_gbps, 4))
+        else:  # a real GPU: the link is what it is; take its measured peak
+            from labtui.engine.devices import measure_h2d_gbps
+
+            link_gbps = measure_h2d_gbps()
         transfer_s = streamed / (link_gbps * 1e9)
         per_tok = {}
         for pf in (True, False):
@@ -125,10 +131,14 @@ def bench_model(name: str, quick: bool = False, device: str = "sim") -> dict:
         eng.set_prefetch(m, True)
 
         # --- move throughput as a fraction of the link ---------------------------
-        # A link below host memcpy speed, so the simulated pacing is what limits.
         eng.set_residency(m, 1.0, mode="stream")
-        link = 2.0
-        eng.set_device_options(link=link)
+        if eng.device.simulated:
+            link = 2.0  # below host memcpy speed, so the pacing is what limits
+            eng.set_device_options(link=link)
+        else:
+            from labtui.engine.devices import measure_h2d_gbps
+
+            link = measure_h2d_gbps()
         seq0 = eng.snapshot().events_total
         for _ in range(reps):
             eng.set_residency(m, 0.0, mode="stream")
