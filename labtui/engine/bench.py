@@ -35,6 +35,8 @@ def _hf_decode_s(model, ids, n_new: int) -> float:
     t0 = time.perf_counter()
     with torch.inference_mode():
         model.generate(ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
+    if ids.is_cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -52,7 +54,7 @@ def decode_ratio(eng: Engine, m: str, hf, prompt_ids, batch: int, n_new: int, re
     Decode rate = (n_new - 1) x batch / (T(n_new) - T(1)): prefill and request
     set-up cancel out, as in gpt-fast's per-token timing.
     """
-    ids = torch.tensor([prompt_ids] * batch)
+    ids = torch.tensor([prompt_ids] * batch, device=hf.device)
     _hf_decode_s(hf, ids, 4)
     _engine_decode_s(eng, m, prompt_ids, batch, 4)
     eng_r, hf_r, ratios = [], [], []
@@ -88,7 +90,9 @@ def bench_model(name: str, quick: bool = False, device: str = "sim") -> dict:
         out["params"] = hm.params
         out["weight_bytes"] = hm.weight_bytes()
         out["n_layers"] = hm.n_layers
-        hf = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).eval()
+        # the same checkpoint, dtype and device as the engine's copy
+        hf = AutoModelForCausalLM.from_pretrained(str(p), dtype=next(hm.model.parameters()).dtype).eval()
+        hf.to(eng.device.accel)
         for b in (1, 8):
             out[f"batch{b}"] = decode_ratio(eng, m, hf, prompt, b, n_new, 3 if quick else 7)
         del hf
