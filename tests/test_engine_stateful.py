@@ -46,6 +46,7 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
+    multiple,
     rule,
     run_state_machine_as_test,
 )
@@ -138,6 +139,9 @@ REFUSED = object()
 
 class EngineMachine(RuleBasedStateMachine):
     workloads = Bundle("workloads")
+    models = Bundle("models")  # ids loaded at some point: rules aim mostly at real models
+    MID = st.one_of(models, st.sampled_from(IDS))
+    paused = Bundle("paused")  # ids preempted at some point: resume aims mostly at those
 
     def __init__(self):
         super().__init__()
@@ -149,6 +153,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.wl_cancelled: set[str] = set()
         self.seq = 0
         self.events: list = []
+        self.steps = 0
         STATS["examples"] += 1
 
     # -- helpers -----------------------------------------------------------
@@ -213,9 +218,11 @@ class EngineMachine(RuleBasedStateMachine):
             self._pull_events()
             assert any(e.kind == "refused" for e in self.events[-50:]), f"{what}: refused without a refused event"
             STATS["refused"] += 1
+            STATS[f"refused {what.split()[0]}"] += 1
             return REFUSED, before, after
         assert not must_refuse, f"{what} should have been refused"
         STATS["accepted"] += 1
+        STATS[f"accepted {what.split()[0]}"] += 1
         return out, before, self._grab()
 
     def _pull_events(self) -> None:
@@ -227,6 +234,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     # -- setup -------------------------------------------------------------
     @initialize(
+        target=models,
         memory=st.sampled_from((0.05, 0.08, 0.25)),
         policy=st.sampled_from(("fcfs", "round_robin", "priority")),
         order=st.permutations(IDS),
@@ -237,9 +245,11 @@ class EngineMachine(RuleBasedStateMachine):
         self.eng = Engine(device="sim", memory_gib=memory, link=20.0, host_slowdown=1.0, policy=policy, seed=0)
         for mid, r, o in zip(order[:2], residency, offload, strict=True):
             self.load(mid, r, o, True, 2, 0)
+        return multiple(*order[:2])
 
     # -- rules -------------------------------------------------------------
     @rule(
+        target=models,
         mid=st.sampled_from(IDS),
         residency=st.sampled_from(FRACTIONS),
         offload=st.sampled_from(("stream", "host")),
@@ -258,14 +268,15 @@ class EngineMachine(RuleBasedStateMachine):
             must_refuse=already,
         )
         if out is REFUSED:
-            return
+            return multiple()
         m = after["models"][mid]
         assert m["n_layers"] == N_LAYERS
         k = int(round(residency * N_LAYERS + 1e-9))
         assert m["placement"] == tuple(["resident"] * k + [offload] * (N_LAYERS - k))
         assert m["prefetch"] == prefetch
+        return mid
 
-    @rule(mid=st.sampled_from(IDS))
+    @rule(mid=MID)
     def unload(self, mid):
         loaded = mid in self._grab()["models"]
         out, _, after = self._call(f"unload {mid}", lambda: self.eng.unload(mid), must_refuse=not loaded)
@@ -274,7 +285,7 @@ class EngineMachine(RuleBasedStateMachine):
             assert mid not in after["models"]
 
     @rule(
-        mid=st.sampled_from(IDS),
+        mid=MID,
         residency=st.one_of(st.sampled_from(FRACTIONS), st.lists(st.integers(0, N_LAYERS), unique=True, max_size=N_LAYERS)),
         mode=st.sampled_from((None, "stream", "host")),
     )
@@ -288,7 +299,7 @@ class EngineMachine(RuleBasedStateMachine):
         assert m["placement"] == tuple("resident" if i in layers else new_mode for i in range(N_LAYERS))
         assert out["layers"] == sorted(layers)
 
-    @rule(mid=st.sampled_from(IDS), mode=st.sampled_from(("stream", "host")))
+    @rule(mid=MID, mode=st.sampled_from(("stream", "host")))
     def set_mode(self, mid, mode):
         out, before, after = self._call(f"set_mode {mid} {mode}", lambda: self.eng.set_mode(mid, mode))
         if out is REFUSED:
@@ -296,17 +307,17 @@ class EngineMachine(RuleBasedStateMachine):
         old = before["models"][mid]["placement"]
         assert after["models"][mid]["placement"] == tuple(p if p == "resident" else mode for p in old)
 
-    @rule(mid=st.sampled_from(IDS), prefetch=st.booleans())
+    @rule(mid=MID, prefetch=st.booleans())
     def set_prefetch(self, mid, prefetch):
         out, _, after = self._call(f"set_prefetch {mid} {prefetch}", lambda: self.eng.set_prefetch(mid, prefetch))
         if out is not REFUSED:
             assert after["models"][mid]["prefetch"] == prefetch
 
-    @rule(mid=st.sampled_from(IDS), kv=st.sampled_from(("keep", "swap", "drop")), weights=st.sampled_from(("host", "disk")))
+    @rule(target=paused, mid=MID, kv=st.sampled_from(("keep", "swap", "drop")), weights=st.sampled_from(("host", "disk")))
     def preempt(self, mid, kv, weights):
         out, before, after = self._call(f"preempt {mid} kv={kv} weights={weights}", lambda: self.eng.preempt(mid, kv=kv, weights=weights))
         if out is REFUSED:
-            return
+            return multiple()
         assert out.kv == kv and out.weights == weights
         assert after["models"][mid]["placement"] == before["models"][mid]["placement"]
         STATS[f"preempt_{kv}_{weights}"] += 1
@@ -314,8 +325,9 @@ class EngineMachine(RuleBasedStateMachine):
             aw, _, ab, released = after["models"][mid]["weights"]
             assert aw == 0 and ab == 0, "a preempted model still holds accelerator weights"
             assert released == (weights == "disk")
+        return mid
 
-    @rule(mid=st.sampled_from(IDS))
+    @rule(mid=st.one_of(paused, MID))
     def resume(self, mid):
         out, before, after = self._call(f"resume {mid}", lambda: self.eng.resume(mid))
         if out is REFUSED:
@@ -326,7 +338,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(
         target=workloads,
-        mid=st.sampled_from(IDS),
+        mid=MID,
         kind=st.sampled_from(("closed", "poisson")),
         concurrency=st.integers(1, 2),
         requests=st.integers(1, 3),
@@ -352,7 +364,7 @@ class EngineMachine(RuleBasedStateMachine):
         if out is not REFUSED:
             self.wl_cancelled.add(wid)
 
-    @rule(mid=st.sampled_from(IDS), prompts=st.lists(st.tuples(st.sampled_from(PROMPTS), st.integers(1, MAX_NEW)), min_size=1, max_size=3))
+    @rule(mid=MID, prompts=st.lists(st.tuples(st.sampled_from(PROMPTS), st.integers(1, MAX_NEW)), min_size=1, max_size=3))
     def submit(self, mid, prompts):
         """Single greedy requests (several at once share the model's batch)."""
         for prompt, n in prompts:
@@ -376,9 +388,9 @@ class EngineMachine(RuleBasedStateMachine):
         assert out is not REFUSED and after["policy"] == policy
 
     @rule(
-        memory=st.one_of(st.none(), st.sampled_from(BUDGETS_GIB), st.just(0.0)),
-        link=st.sampled_from((None, "pcie3-x16", "pcie4-x16", 8.0, 40.0, "pcie9-x99")),
-        host_slowdown=st.sampled_from((None, 1.0, 2.0, 0.5)),
+        memory=st.sampled_from((None, None, *BUDGETS_GIB, 0.0)),
+        link=st.sampled_from((None, None, None, "pcie3-x16", "pcie4-x16", 8.0, 40.0, "pcie9-x99")),
+        host_slowdown=st.sampled_from((None, None, None, None, 1.0, 2.0, 1.5, 0.5)),
     )
     def set_device_options(self, memory, link, host_slowdown):
         kw = {k: v for k, v in dict(memory_gib=memory, link=link, host_slowdown=host_slowdown).items() if v is not None}
@@ -401,6 +413,7 @@ class EngineMachine(RuleBasedStateMachine):
     def engine_consistent(self):
         if self.eng is None:
             return
+        self.steps += 1
         self.eng.check_invariants()
         self._pull_events()
         errors = [e.data for e in self.events if e.kind == "error"]
@@ -487,6 +500,9 @@ class EngineMachine(RuleBasedStateMachine):
             assert w["submitted"] == w["total"] or wid in self.wl_cancelled or self.unloads[mid] > unloads_then
         STATS["events"] += len(self.events)
         STATS["finished_events"] += len(finishes)
+        STATS["steps"] += self.steps
+        if _profile() is PROFILES["long"] and STATS["examples"] % 20 == 0:  # progress of a long run
+            print("state machine so far:", json.dumps(dict(STATS), sort_keys=True), flush=True)
 
 
 def test_engine_state_machine():
