@@ -215,6 +215,7 @@ class _Run:
             on_tick=lambda snap: self.progress.update(snap, time.monotonic() - self.t0),
             on_note=self._note,
         )
+        self.progress.update(eng.snapshot(), time.monotonic() - self.t0)  # the final state
         if played.stopped == "timed_out":
             self._out_of_time(warnings)
         finished = played.finished
