@@ -330,3 +330,30 @@ def test_open_bad_scenario_is_one_line_exit_2(tmp_path, capsys):
     assert main(["open", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "residency" in err[0]
+
+
+@run_async
+async def test_load_and_unload_from_the_lab(engine):
+    app = LabApp(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert await wait_for(pilot, lambda: app.selected == "a")
+        await pilot.press("l")
+        await pilot.pause(0.2)
+        app.screen.query_one("#source").value = "zoo:llama-5m"
+        app.screen.query_one("#model-id").value = "b"
+        app.screen.query_one("#residency").value = "0.5"
+        await pilot.click("#ok")
+        assert await wait_for(pilot, lambda: len(app.query(ModelCard)) == 2, 30)
+        assert await wait_for(
+            pilot,
+            lambda: (m := engine.snapshot().model("b")) is not None and m.layer_cells == "RRRSSS",
+            30,
+        )
+        await pilot.click("#card-b")  # a click on a card selects it
+        assert await wait_for(pilot, lambda: app.selected == "b")
+        await pilot.press("u")
+        await pilot.pause(0.2)
+        await pilot.click("#ok")
+        assert await wait_for(pilot, lambda: engine.snapshot().model("b") is None, 30)
+        assert await wait_for(pilot, lambda: len(app.query(ModelCard)) == 1)
+    assert [c.action for c in cmds(engine)] == ["load", "load", "unload"]

@@ -232,3 +232,28 @@ async def test_invalid_workload_values_send_nothing():
         await pilot.click("#ok")
         await pilot.pause(0.1)
         assert eng.submitted[0].kind == "poisson" and eng.submitted[0].rate_per_s == 2.5
+
+
+@run_async
+async def test_policy_device_and_cancel_keys_send_commands():
+    from labtui.engine.commands import CancelWorkload, SetDeviceOptions, SetPolicy
+
+    eng = frozen()
+    app = LabApp(eng)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert await wait_for(pilot, lambda: app.selected == "small")
+        await pilot.press("o", "down", "enter")  # fcfs -> round_robin
+        await pilot.pause(0.1)
+        await pilot.press("d")
+        await pilot.pause(0.1)
+        app.screen.query_one("#gbps").value = "8"
+        app.screen.query_one("#memory").value = "3"
+        await pilot.click("#ok")
+        await pilot.pause(0.1)
+        await pilot.press("c")
+        await pilot.pause(0.1)
+    assert eng.submitted == [
+        SetPolicy(policy="round_robin"),
+        SetDeviceOptions(link=8.0, memory_gib=3.0, host_slowdown=4.0),
+        CancelWorkload(workload="w1"),
+    ]

@@ -49,7 +49,7 @@ from labtui.tui.messages import (
 )
 from labtui.tui.widgets.chart import ChartData, ScatterChart
 from labtui.tui.widgets.event_log import EventLog
-from labtui.tui.widgets.header import DeviceBar
+from labtui.tui.widgets.header import Caption, DeviceBar
 from labtui.tui.widgets.layer_map import LEGEND
 from labtui.tui.widgets.memory import MemoryPanel, MemoryStrip
 from labtui.tui.widgets.model_card import ModelCard
@@ -124,6 +124,7 @@ class LabApp(App):
 
     def compose(self) -> ComposeResult:
         yield DeviceBar(id="devicebar")
+        yield Caption(id="caption")
         yield MemoryStrip(id="memstrip")
         yield Tabs(
             Tab("1 models", id="tab-cards"),
@@ -246,6 +247,7 @@ class LabApp(App):
         if self.replay is not None and self.replay.status:
             replay = f"{self.replay.status} {self.scenario.name}"
         self.query_one(DeviceBar).show(snap, stalled, replay)
+        self.query_one(Caption).show(snap.note)
         self.query_one(MemoryPanel).show(snap, self.series)
         self.query_one(MemoryStrip).show(snap, self.series)
         self._reconcile_cards(snap)
@@ -436,11 +438,22 @@ class LabApp(App):
         self.push_screen(LoadModal(taken, self._zoo()), self._send_if)
 
     def _zoo(self) -> list[dict]:
+        """The zoo's models for the load dialog, from their specs (instant; the zoo's
+        list_zoo() counts parameters by building each model on the meta device,
+        seconds the UI must not wait for; the size is in each name anyway)."""
         if self._zoo_rows is None:
             try:
-                from labtui.models.zoo import list_zoo
+                from labtui.models import zoo
 
-                self._zoo_rows = list_zoo()
+                self._zoo_rows = [
+                    {
+                        "name": s.name,
+                        "family": s.family,
+                        "layers": s.layers,
+                        "built": zoo.is_built(s.name),
+                    }
+                    for s in zoo.ZOO.values()
+                ]
             except Exception:  # noqa: BLE001 - the list is a convenience; a path still works
                 self._zoo_rows = []
         return self._zoo_rows

@@ -1,6 +1,6 @@
 """The device bar: which accelerator (and whether it is simulated, with budget and
 link) is always visible, with the scheduler policy, what the engine is doing now,
-and the latest note."""
+and (Caption) the latest note."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ from labtui.engine.snapshot import EngineSnapshot
 from labtui.tui.format import device_line, ellipsize
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+class Caption(Static):
+    """The latest `note` (teaching tours' captions), on its own line(s) when set."""
+
+    def show(self, note: str) -> None:
+        if note != getattr(self, "_note", None):
+            self._note = note
+            self.update(f"✎ {note}" if note else "")
+            self.display = bool(note)
 
 
 class DeviceBar(Static):
@@ -78,12 +88,7 @@ class DeviceBar(Static):
         line.append(f"  t {snap.t:.1f} s", dim)
         if replay:
             line.append(f"  ▶ {replay}", self.get_component_rich_style("devicebar--busy"))
-        if snap.note:
-            line.append("  ✎ ", self.get_component_rich_style("devicebar--note"))
-            line.append(snap.note, self.get_component_rich_style("devicebar--note"))
-        if line.cell_len > width:
-            line.truncate(width - 1)
-            line.append("…")
+        line.truncate(width, overflow="ellipsis")
         t.append_text(line)
         self.update(t, layout=False)  # fixed height: repaint only
 

@@ -149,7 +149,7 @@ class ModelCard(Vertical):
             self.set_class(ms.state == st, f"-state-{st}")
 
         self.layer_map.cells = ms.layer_cells
-        self.slider.n_layers = max(1, ms.n_layers)
+        self.slider.set_layers_total(ms.n_layers)
         self.slider.sync(ms.resident_layers)
 
         n_m = ms.layer_cells.count("M")
@@ -169,7 +169,8 @@ class ModelCard(Vertical):
         hist = list(ms.tok_s_history)
         if self._cache.get("hist") != hist:
             self._cache["hist"] = hist
-            self.spark.data = hist or [0.0]
+            # a flat line until there is history (one value would draw a full bar)
+            self.spark.data = hist if len(hist) > 1 else [0.0, 0.0]
 
         width = self.query_one(".card-metrics", Static).content_size.width or 60
         metrics = metrics_line(ms, width)

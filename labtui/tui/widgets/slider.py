@@ -50,6 +50,7 @@ class ResidencySlider(Widget, can_focus=True):
     def __init__(self, model: str, n_layers: int, value: int = 0, **kw) -> None:
         super().__init__(**kw)
         self.model = model
+        self.loaded = n_layers > 0  # a model still loading has no layers yet
         self.n_layers = max(1, n_layers)
         self.set_reactive(ResidencySlider.value, value)
         self.set_reactive(ResidencySlider.applied, value)
@@ -91,6 +92,8 @@ class ResidencySlider(Widget, can_focus=True):
     # -- rendering -------------------------------------------------------------
 
     def render(self) -> Text:
+        if not self.loaded:
+            return Text("loading…", self.get_component_rich_style("slider--empty"))
         w = self._track_width()
         knob = round(self.value / self.n_layers * (w - 1))
         filled = self.get_component_rich_style("slider--filled")
@@ -125,6 +128,13 @@ class ResidencySlider(Widget, can_focus=True):
         self._cancel_timer()
         self._timer = self.set_timer(self.DEBOUNCE_S, self.action_commit)
 
+    def set_layers_total(self, n_layers: int) -> None:
+        loaded = n_layers > 0
+        if loaded != self.loaded or max(1, n_layers) != self.n_layers:
+            self.loaded = loaded
+            self.n_layers = max(1, n_layers)
+            self.refresh()
+
     def action_step(self, delta: int) -> None:
         self.value = min(self.n_layers, max(0, self.value + delta))
         self._arm()
@@ -139,6 +149,8 @@ class ResidencySlider(Widget, can_focus=True):
 
     def action_commit(self) -> None:
         self._cancel_timer()
+        if not self.loaded:
+            return
         if self._dragging:
             return
         if self.value == self.applied and self._requested is None:
