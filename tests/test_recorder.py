@@ -94,3 +94,14 @@ def test_recording_a_real_engine_keeps_engine_workload_ids(tmp_path):
     (tmp_path / "session.toml").write_text(text)
     res = run_file(tmp_path / "session.toml", out=tmp_path / "b", progress=False)
     assert res.summary["runs"][0]["refused"] == [] and res.summary["runs"][0]["finished"]
+
+
+def test_engine_ids_are_only_written_where_a_command_names_them():
+    from labtui.engine import Engine
+
+    with Engine(device="sim", memory_gib=1) as eng:
+        eng.load("zoo:llama-5m", id="a")
+        eng.launch_workload("a", requests=1, prompt_tokens=8, max_new_tokens=2)
+        assert eng.wait_idle(60)
+        s = parse_scenario(scenario_from_log(eng), "r.toml")
+    assert s.workloads[0].id is None  # the log as it was: nothing refers to the id

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from labtui.engine.commands import LaunchWorkload, Load
+from labtui.engine.commands import CancelWorkload, LaunchWorkload, Load
 from labtui.scenario import tomlw
 from labtui.scenario.schema import Scenario, default_model_id
 
@@ -70,19 +70,22 @@ def scenario_from_log(
 
 
 def _with_workload_ids(source: Any, log: list) -> list:
-    """Give id-less LaunchWorkloads the id the engine assigned (from its
-    workload_start events, which pair one to one and in order with the launches
-    it executed), so a recorded cancel_workload still names its workload."""
+    """Give an id-less LaunchWorkload the id the engine assigned when a later
+    cancel_workload names it (ids from the workload_start events, which pair one to
+    one and in order with the launches executed), so the replayed cancel still
+    finds its workload."""
     if not hasattr(source, "events_since"):
         return log
     started = [e.data.get("workload") for e in source.events_since(0) if e.kind == "workload_start"]
     launches = [i for i, (_, c) in enumerate(log) if isinstance(c, LaunchWorkload)]
     if len(started) != len(launches):  # old events dropped from the engine's window: leave as is
         return log
+    # only where a later command names it: otherwise the recording stays exactly the log
+    named = {c.workload for _, c in log if isinstance(c, CancelWorkload)}
     out = list(log)
     for i, wid in zip(launches, started, strict=True):
         t, c = out[i]
-        if c.id is None and wid:
+        if c.id is None and wid in named:
             out[i] = (t, c.model_copy(update={"id": wid}))
     return out
 
