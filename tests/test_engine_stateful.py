@@ -540,3 +540,20 @@ def test_field_level_refusals_leave_a_refused_event():
             refused = [e for e in eng.events_since(0) if e.kind == "refused"]
             assert len(refused) == i + 1, f"call {i}: no refused event"
             assert "\n" not in refused[-1].data["reason"]
+
+
+def test_cancelled_workload_counts_reconcile_with_its_requests():
+    """Found by the state machine: cancelling a workload set its ``submitted`` to the
+    total, so a summary claimed requests that were never submitted (submitted !=
+    completed + cancelled, and != its request_finish events)."""
+    with Engine(device="sim", memory_gib=0.1, link=20.0) as eng:
+        eng.load("zoo:llama-5m", id="m")
+        wid = eng.launch_workload("m", kind="closed", concurrency=1, requests=5, prompt_tokens=4, max_new_tokens=64)
+        while not any(e.kind == "request_start" for e in eng.events_since(0)):
+            time.sleep(0.005)
+        eng.cancel_workload(wid)
+        assert eng.wait_idle(30)
+        w = eng.summary()["workloads"][wid]
+        fin = [e for e in eng.events_since(0) if e.kind == "request_finish" and e.data["workload"] == wid]
+        assert w["submitted"] == len(fin) == w["completed"] + w["cancelled"] < w["total"], (w, len(fin))
+        assert next(x for x in eng.snapshot().workloads if x.id == wid).done

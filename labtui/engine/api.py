@@ -665,8 +665,7 @@ class Engine:
             if ms.batch:
                 ms.batch.remove([r for r in ms.batch.rows if r.workload != w.id])
                 ms.hm.sync_reservation()
-        w.submitted = w.total  # nothing more will be submitted
-        w.done = True
+        w.done = True  # nothing more will be submitted (``submitted`` stays what was)
         self._emit("workload_cancel", workload=w.id, model=w.model, cancelled=n, reason=reason)
         return n
 
@@ -741,6 +740,7 @@ class Engine:
         ms.state = "serving"
         self._busy = f"{action} {ms.id}"
         t0 = time.perf_counter()
+        req = None
         try:
             if action == "prefill":
                 req = ms.queue.popleft()
@@ -755,7 +755,9 @@ class Engine:
                 tokens = len(batch)
                 finished = batch.decode_step(ms.eos)
         except Exception as e:
-            self._step_failed(ms, e)
+            # a request whose prefill failed left the queue but never joined the batch:
+            # it fails with the batch, or it would never finish (its caller waits forever)
+            self._step_failed(ms, e, also=[req] if req is not None and req not in batch.rows else [])
             return
         hm.device.synchronize()
         now = time.perf_counter()
@@ -776,13 +778,13 @@ class Engine:
             per.append(b)
         hm.kv_bytes_per_token = per
 
-    def _step_failed(self, ms: _Model, e: Exception) -> None:
+    def _step_failed(self, ms: _Model, e: Exception, also: list[Request] = ()) -> None:
         msg = one_line(e)
         oom = isinstance(e, torch.cuda.OutOfMemoryError) if hasattr(torch.cuda, "OutOfMemoryError") else False
         log.exception("step failed for %s", ms.id)
         self._errors.append(f"{ms.id}: {msg}")
         self._emit("error", where=f"step {ms.id}", message=msg, oom=oom)
-        for req in list(ms.batch.rows):
+        for req in list(ms.batch.rows) + list(also):
             req.error = msg
             self._finish(ms, req, cancelled=False, reason="failed")
         ms.batch.clear()

@@ -625,21 +625,31 @@ class HostedModel:
         from safetensors import safe_open
 
         names = self._checkpoint_names()
+        # All or nothing: read into new buffers and commit only once every tensor is
+        # read, so a checkpoint damaged since load leaves the model preempted and
+        # intact (a later resume, after repair, still works).
+        units = [self.rest, *self.blocks]
+        bufs = {id(u): self.device.host_empty(u.nbytes) for u in units}
         by_file: dict[Path, list[tuple[Unit, Slot]]] = {}
-        for u in [self.rest, *self.blocks]:
-            u.host_buf = self.device.host_empty(u.nbytes)
+        for u in units:
             for k, s in enumerate(u.slots):
                 if s.persistent:
                     by_file.setdefault(names[s.qualname], []).append((u, s))
                 else:
-                    u.host_buf[s.offset : s.offset + s.nbytes].view(s.dtype).view(s.shape).copy_(u.kept[k])
-            u.kept = {}
+                    bufs[id(u)][s.offset : s.offset + s.nbytes].view(s.dtype).view(s.shape).copy_(u.kept[k])
         for f, items in by_file.items():
-            with safe_open(str(f), framework="pt") as sf:
-                for u, s in items:
-                    t = sf.get_tensor(s.qualname)
-                    u.host_buf[s.offset : s.offset + s.nbytes].view(s.dtype).view(s.shape).copy_(t.to(s.dtype))
-        for u in [self.rest, *self.blocks]:
+            try:
+                with safe_open(str(f), framework="pt") as sf:
+                    for u, s in items:
+                        t = sf.get_tensor(s.qualname)
+                        bufs[id(u)][s.offset : s.offset + s.nbytes].view(s.dtype).view(s.shape).copy_(t.to(s.dtype))
+            except Exception as e:  # safetensors raises its own error types
+                raise LabError(
+                    f"cannot reload {self.id}'s weights: checkpoint file {f} is truncated or corrupt "
+                    f"({' '.join(str(e).split())[:200]}); it stays preempted: repair the file and resume, or unload it"
+                ) from None
+        for u in units:
+            u.host_buf, u.kept = bufs[id(u)], {}
             u.bind(u.host_buf)
 
     def swap_kv(self, to_host: bool, reason: str) -> tuple[int, float]:
