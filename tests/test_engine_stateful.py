@@ -206,6 +206,8 @@ class EngineMachine(RuleBasedStateMachine):
         """Run one API call; a refusal must be one line, leave a refused event and
         change nothing. Returns (result or REFUSED, state before, state after)."""
         before = self._grab()
+        self._pull_events()
+        seq0 = self.seq
         try:
             out = fn()
         except LabError as e:
@@ -216,7 +218,7 @@ class EngineMachine(RuleBasedStateMachine):
                 f"{what} was refused ({msg}) but the state changed:\n before {before}\n after  {after}"
             )
             self._pull_events()
-            assert any(e.kind == "refused" for e in self.events[-50:]), f"{what}: refused without a refused event"
+            assert any(e.kind == "refused" and e.seq > seq0 for e in self.events), f"{what}: refused without a refused event"
             STATS["refused"] += 1
             STATS[f"refused {what.split()[0]}"] += 1
             return REFUSED, before, after

@@ -193,6 +193,51 @@ def test_oom_in_a_step_fails_its_requests_lowers_residency_others_serve(eng, oth
         eng.unload("oom")
 
 
+# ---------------------------------------------------------------- close
+def test_closing_the_engine_ends_every_request_with_an_event():
+    """Ctrl-C ends a run by closing its engine: requests still running or queued
+    then must end ``cancelled`` (reason "engine closed") with a request_finish
+    event, so a stopped run's events still reconcile, and no caller waits forever."""
+    eng = Engine(device="sim", memory_gib=0.5, link=20.0, host_slowdown=1.0)
+    eng.load("zoo:llama-5m", id="a", max_batch=2)
+    running = [eng.submit("a", [5, 6, 7, 8], max_new_tokens=5000) for _ in range(3)]
+    while not running[0].out_ids:
+        time.sleep(0.005)
+    late = [eng.submit("a", [9, 10], max_new_tokens=50) for _ in range(5)]  # some not even queued yet
+    eng.close()
+    for r in running + late:
+        assert r.done.wait(10), f"{r.id} never ended after close"
+        assert r.state == "cancelled" and r.finish_reason == "engine closed", (r.id, r.state, r.finish_reason)
+    evs = eng.events_since(0)
+    fin = [e.data["request"] for e in evs if e.kind == "request_finish"]
+    assert sorted(fin) == sorted(r.id for r in running + late), "a request ended without its request_finish event"
+    starts = {e.data["request"] for e in evs if e.kind == "request_start"}
+    assert starts <= set(fin)
+
+
+def test_request_accepted_just_before_its_model_is_unloaded_is_cancelled_with_an_event():
+    """submit() accepted the request, then an unload was applied before the worker
+    picked the request up: it must end like any request of an unloaded model
+    (cancelled, reason "unloaded", one request_finish), not fail without a trace."""
+    import threading
+
+    from labtui.engine import commands as C
+
+    with Engine(device="sim", memory_gib=0.5, link=20.0) as eng:
+        eng.load("zoo:llama-5m", id="a")
+        busy = threading.Thread(target=eng.on_worker, args=(lambda: time.sleep(0.5),))
+        busy.start()  # the worker is inside a step: what follows is applied together
+        time.sleep(0.1)
+        req = eng.submit("a", [5, 6, 7], max_new_tokens=4)
+        fut = eng.submit_command(C.Unload(model="a"))
+        busy.join()
+        fut.result(10)
+        assert req.done.wait(10)
+        assert (req.state, req.finish_reason) == ("cancelled", "unloaded"), (req.state, req.finish_reason, req.error)
+        fin = [e for e in eng.events_since(0) if e.kind == "request_finish" and e.data["request"] == req.id]
+        assert len(fin) == 1 and fin[0].data["reason"] == "unloaded"
+
+
 # ---------------------------------------------------------- labtui run
 def _scenario(tmp_path: Path) -> Path:
     p = tmp_path / "fault.toml"
@@ -267,9 +312,12 @@ def test_ctrl_c_stops_the_run_and_finishes_the_bundle(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["runs_done"] == 1
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    assert events[-1]["kind"] == "point_end"
+    assert "point_end" in [e["kind"] for e in events]
     finished = sum(e["kind"] == "request_finish" for e in events)
     assert 3 <= finished < 400, "the run must stop early, not play the whole workload"
+    starts = {e["request"] for e in events if e["kind"] == "request_start"}
+    ends = [e["request"] for e in events if e["kind"] == "request_finish"]
+    assert starts <= set(ends) and len(ends) == len(set(ends)), "a started request has no (or two) outcomes"
     rows = list(csv.reader(io.StringIO((out / "metrics.csv").read_text())))
     assert len(rows) >= 2 and all(len(r) == len(rows[0]) for r in rows)
 

@@ -447,9 +447,18 @@ class Engine:
                 self._busy = "idle"
                 self._wake.wait(timeout)
                 self._wake.clear()
-        # shutdown: fail nothing silently
+        # shutdown: fail nothing silently. Requests running, queued or not yet picked
+        # up end cancelled ("engine closed") with their request_finish event.
+        while True:
+            try:
+                self._enqueue(self._incoming.get_nowait())
+            except queue.Empty:
+                break
         for req in list(self._requests.values()):
-            if not req.done.is_set():
+            ms = self._models.get(req.model)
+            if ms is not None:
+                self._finish(ms, req, cancelled=True, reason="engine closed")
+            elif not req.done.is_set():
                 req.state, req.finish_reason = "cancelled", "engine closed"
                 req.done.set()
         self._publish(force=True)
@@ -701,7 +710,13 @@ class Engine:
     def _enqueue(self, req: Request) -> None:
         ms = self._models.get(req.model)
         if ms is None:
-            req.state, req.finish_reason, req.error = "failed", "no model", f"model {req.model} is not loaded"
+            # accepted by submit() while its model was loaded, which was unloaded before
+            # the worker picked it up: it ends as the unloaded model's other requests did
+            req.state, req.finish_reason, req.error = "cancelled", "unloaded", f"model {req.model} was unloaded"
+            self._emit("request_finish", model=req.model, request=req.id, workload=req.workload,
+                       prompt_tokens=len(req.prompt_ids), new_tokens=0, digest=req.digest(), ttft_s=None,
+                       tpot_s=None, e2e_s=_r(time.perf_counter() - req.t_submit), queue_s=None, paused_s=0.0,
+                       reason="unloaded")
             req.done.set()
             return
         self._requests[req.id] = req
