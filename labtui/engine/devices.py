@@ -180,6 +180,7 @@ class Device:
             "link_gbps": self.link.gbps,
             "link_latency_us": self.link.latency_s * 1e6,
             "host_slowdown": self.host_slowdown,
+            "compute_threads": torch.get_num_threads(),
         }
 
 
@@ -188,6 +189,17 @@ class SimDevice(Device):
 
     kind = "sim"
     simulated = True
+
+    def __init__(self, budget_bytes: int, link: LinkSpec, host_slowdown: float = 1.0):
+        super().__init__(budget_bytes, link, host_slowdown)
+        # A GPU copies with copy engines, not with its compute units. The simulated
+        # link's copies run on their own thread, so compute keeps one core fewer
+        # than the machine has: oversubscribed OpenMP teams stall at every barrier
+        # (seen here: a 6 us attention taking 12 ms). LABTUI_THREADS overrides.
+        want = int(os.environ.get("LABTUI_THREADS") or max(1, (os.cpu_count() or 2) - 1))
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+        self.compute_threads = want
 
     @property
     def accel(self) -> torch.device:

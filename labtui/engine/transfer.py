@@ -16,6 +16,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from labtui.engine.devices import Device
@@ -57,6 +58,19 @@ class Pending:
         return self._event is None or self._event.query()
 
 
+def _engine_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """The simulated copy engine: one single-threaded memcpy, as one DMA engine.
+
+    torch's ``copy_`` would start an OpenMP team on the link's thread and fight the
+    compute threads for the cores; numpy's copy is single-threaded and releases
+    the GIL, so it overlaps compute the way a GPU's copy engine does.
+    """
+    try:
+        np.copyto(dst.numpy(), src.numpy(), casting="no")
+    except (TypeError, RuntimeError):  # dtypes numpy lacks (bfloat16): torch it is
+        dst.copy_(src)
+
+
 class Link:
     def __init__(self, device: Device):
         self.device = device
@@ -76,7 +90,7 @@ class Link:
             t0 = time.perf_counter()
             if dev.simulated:
                 dst = torch.empty_like(src) if out is None else out
-                dst.copy_(src)
+                _engine_copy(dst, src)
                 self._pace(t0, nbytes)
             else:
                 dst = self._alloc_like(src, direction) if out is None else out
