@@ -164,7 +164,7 @@ def test_oom_in_a_step_fails_its_requests_lowers_residency_others_serve(eng, oth
     hm.model.forward = forward
     try:
         seq0 = eng.snapshot().events_total
-        req = eng.submit("oom", ids, max_new_tokens=24)
+        req = eng.submit("oom", ids, max_new_tokens=400)  # long: the OOM lands mid-generation
         if where == "decode":
             while len(req.out_ids) < 3 and not req.done.is_set():
                 time.sleep(0.001)
@@ -332,7 +332,8 @@ def _tmpfs(path: Path, opts: str) -> bool:
 
 
 def _umount(path: Path) -> None:
-    subprocess.run(["umount", str(path)], capture_output=True)
+    if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)  # busy: detach anyway
 
 
 def _run_cli(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -370,26 +371,40 @@ def test_read_only_out_is_one_line_exit_2(tmp_path):
     "logs a traceback per event from the failing listener, the run plays on to the end, "
     "then summary.json raises OSError -> traceback, exit 1, a stray .summary.json.tmp",
 )
-def test_disk_full_mid_run_stops_with_one_line(tmp_path):
-    full = tmp_path / "full"
-    if not _tmpfs(full, "size=16k"):
-        pytest.skip("cannot mount a small tmpfs here (needs root and mount rights)")
-    try:
-        p = _start_run(tmp_path, full / "bundle")
+def _fill(disk: Path) -> None:
+    with open(disk / "filler", "wb", buffering=0) as fh:
         try:
-            # the disk fills a few seconds into the run; then it can no longer record
-            # anything and must stop, not play the other ~390 requests for nothing
-            _, stderr = p.communicate(timeout=30)
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_disk_full_mid_run_stops_with_one_line(tmp_path):
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "size=1m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount rights)")
+    out = disk / "bundle"
+    p = _start_run(tmp_path, out)
+    try:
+        try:
+            _wait_for_finishes(p, out, 3)
+            _fill(disk)  # the disk is full from here on, mid-run
+            # it can no longer record anything: it must stop, not play the other
+            # ~390 requests for nothing, and say why in one line
+            _, stderr = p.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
             _, stderr = p.communicate()
-            raise AssertionError(f"still running 30 s after start with a full disk: {stderr[-1500:]}") from None
+            raise AssertionError(f"still running 10 s after the disk filled: {stderr[-1500:]}") from None
         assert "Traceback" not in stderr, stderr[-3000:]
         assert p.returncode in (1, 2)
         assert "No space left on device" in stderr.strip().splitlines()[-1]
-        b = full / "bundle"
-        assert not list(b.glob(".*.tmp")), "a half-written file was left behind"
-        for line in _complete_lines((b / "events.jsonl").read_text()):
+        assert not list(out.glob(".*.tmp")), "a half-written file was left behind"
+        for line in _complete_lines((out / "events.jsonl").read_text()):
             json.loads(line)
     finally:
-        _umount(full)
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+        _umount(disk)
