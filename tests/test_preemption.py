@@ -76,8 +76,12 @@ def test_preemption_refusals(eng):
         eng.set_residency("b", 0.5)
     # requests for a preempted model queue up and run after resume
     r = eng.submit("b", [5, 6, 7], max_new_tokens=4)
+    deadline = time.time() + 10
+    while eng.snapshot().model("b").queued != 1 and time.time() < deadline:
+        time.sleep(0.01)
+    assert eng.snapshot().model("b").queued == 1
     time.sleep(0.1)
-    assert not r.done.is_set() and eng.snapshot().model("b").queued == 1
+    assert not r.done.is_set()
     eng.resume("b")
     assert r.done.wait(30) and len(r.out_ids) == 4
     refused = [e for e in eng.events_since(0) if e.kind == "refused"]
