@@ -559,3 +559,19 @@ def test_cancelled_workload_counts_reconcile_with_its_requests():
         fin = [e for e in eng.events_since(0) if e.kind == "request_finish" and e.data["workload"] == wid]
         assert w["submitted"] == len(fin) == w["completed"] + w["cancelled"] < w["total"], (w, len(fin))
         assert next(x for x in eng.snapshot().workloads if x.id == wid).done
+
+
+def test_refused_residency_under_priority_preempts_nobody():
+    """A refusal changes nothing, also under the priority policy, which makes room
+    for a placement by preempting idle or lower-priority models: when even that
+    would not make it fit, nobody may be left preempted by the refused command."""
+    with Engine(device="sim", memory_gib=0.037, link=20.0, policy="priority") as eng:
+        eng.load("zoo:llama-5m", id="a", residency=1.0)  # 20 MB, idle
+        eng.load("zoo:qwen3-10m", id="b", residency=0.0, offload="host", priority=1)  # 5 MB
+        assert eng.wait_idle(10)
+        with pytest.raises(LabError, match="needs .* on the accelerator"):
+            eng.set_residency("b", 1.0)  # 40 MB: above the 39.7 MB budget whatever happens
+        assert eng.wait_idle(10)
+        assert eng.snapshot().model("a").state == "idle", "the refused command preempted a"
+        assert not [e for e in eng.events_since(0) if e.kind == "preempt"]
+        eng.check_invariants()

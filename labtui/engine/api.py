@@ -862,6 +862,10 @@ class Engine:
             ),
             key=lambda m: (bool(m.queue or len(m.batch)), m.priority),
         )
+        # A preemption (kv swap, weights host) frees all the victim holds. If even all of
+        # them would not make room, preempt nobody: the command is refused, nothing changed.
+        if need > self.device.free + sum(v.hm.ledger().accel_total for v in victims):
+            return False
         for v in victims:
             if need <= self.device.free:
                 break
