@@ -237,7 +237,7 @@ class EngineMachine(RuleBasedStateMachine):
     # -- setup -------------------------------------------------------------
     @initialize(
         target=models,
-        memory=st.sampled_from((0.05, 0.08, 0.25)),
+        memory=st.sampled_from((0.037, 0.05, 0.08, 0.25)),
         policy=st.sampled_from(("fcfs", "round_robin", "priority")),
         order=st.permutations(IDS),
         residency=st.tuples(st.sampled_from(FRACTIONS), st.sampled_from(FRACTIONS)),
