@@ -14,7 +14,9 @@ and a flat JSON-able payload. Kinds and their payload keys:
 - ``request_start``: model, request, workload, prompt_tokens, queue_s
 - ``request_finish``: model, request, workload, prompt_tokens, new_tokens,
   digest (sha1 of the generated token ids), ttft_s, tpot_s, e2e_s, queue_s, reason
-  (eos|length|cancelled)
+  (eos|length; cancelled: its workload was cancelled; unloaded: its model was;
+  failed: its step raised, see the ``error`` event; engine closed). Every request
+  submitted to the engine ends with exactly one request_finish.
 - ``workload_start`` / ``workload_done`` / ``workload_cancel``: workload, model, ...
 - ``policy``: policy;  ``device_options``: link, link_gbps, memory_gib, host_slowdown
 - ``note``: text
