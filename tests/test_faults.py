@@ -213,6 +213,8 @@ def test_closing_the_engine_ends_every_request_with_an_event():
     assert sorted(fin) == sorted(r.id for r in running + late), "a request ended without its request_finish event"
     starts = {e.data["request"] for e in evs if e.kind == "request_start"}
     assert starts <= set(fin)
+    with pytest.raises(LabError, match="closed"):  # not queued to a worker that is gone
+        eng.submit("a", [5, 6], max_new_tokens=2)
 
 
 def test_request_accepted_just_before_its_model_is_unloaded_is_cancelled_with_an_event():

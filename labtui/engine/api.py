@@ -240,6 +240,8 @@ class Engine:
         seed: int | None = None,
         workload: str | None = None,
     ) -> Request:
+        if self._stop.is_set():  # no worker will pick it up: it would never finish
+            raise LabError("the engine is closed")
         if model not in self._models:
             raise LabError(f"no model '{model}'; loaded: {', '.join(self._models) or 'none'}")
         if max_new_tokens < 1:
