@@ -32,7 +32,7 @@ from labtui.engine.decode import Batch, Request, prefill
 from labtui.engine.devices import Device, fmt_bytes, make_device, parse_link
 from labtui.engine.events import Event
 from labtui.engine.hosted import HOST, RESIDENT, STREAM, HostedModel
-from labtui.engine.metrics import ModelMetrics, percentile
+from labtui.engine.metrics import ModelMetrics
 from labtui.engine.preemption import check_preempt, preempt, resume, resume_cost
 from labtui.engine.scheduler import Candidate, make_policy
 from labtui.engine.snapshot import (
@@ -48,7 +48,7 @@ from labtui.errors import LabError, one_line
 
 log = logging.getLogger("labtui.engine")
 
-SNAPSHOT_PERIOD_S = 0.05
+SNAPSHOT_PERIOD_S = 0.1  # 10 Hz: the lab polls at 4+ Hz
 HISTORY_PERIOD_S = 0.25
 MAX_EVENTS = 200_000
 
@@ -134,6 +134,12 @@ class Engine:
         self._snap_seq = 0
         self._snapshot = self._build_snapshot()
         self._pending_ids: set[str] = set()  # ids of models being loaded (validation)
+        # Scheduler overhead: time per step outside the model's own prefill/decode
+        # (policy, admission, bookkeeping, events, snapshot) vs the step itself.
+        self.sched_stats = {"steps": 0, "step_s": 0.0, "overhead_s": 0.0}
+        self._t_sched = self._t_fwd0 = 0.0
+        self._t_fwd1: float | None = None
+        self._sched_samples: deque[float] = deque(maxlen=10_000)
         self._thread = threading.Thread(target=self._run, name="labtui-engine", daemon=True)
         self._thread.start()
 
@@ -440,6 +446,14 @@ class Engine:
                 self._emit("error", where="worker", message=one_line(e))
                 did = False
             self._publish()
+            if self._t_fwd1 is not None:  # a step ran: account the scheduler's share
+                st = self.sched_stats
+                st["steps"] += 1
+                st["step_s"] += self._t_fwd1 - self._t_fwd0
+                ov = (self._t_fwd0 - self._t_sched) + (time.perf_counter() - self._t_fwd1)
+                st["overhead_s"] += ov
+                self._sched_samples.append(ov)
+                self._t_fwd1 = None
             if not did:
                 timeout = 0.05
                 due = [w.next_due() for w in self._workloads.values()]
@@ -480,7 +494,7 @@ class Engine:
             except queue.Empty:
                 break
             self._enqueue(req)
-        now = time.perf_counter()
+        now = self._t_sched = time.perf_counter()
         for w in list(self._workloads.values()):
             if not w.done and w.model in self._models and self._models[w.model].hm is not None:
                 w.tick(now, lambda ids, n, seed, w=w: self._workload_submit(w, ids, n, seed))
@@ -727,14 +741,13 @@ class Engine:
     def _kv_fits(self, ms: _Model, req: Request) -> bool:
         """Admission control: the batch's KV at its longest must fit the budget."""
         hm = ms.hm
-        per_tok = sum(b for i, b in enumerate(hm.kv_bytes_per_token) if not hm.kv_on_host(i))
+        per_tok = hm.kv_per_token_accel()
         if per_tok == 0:
             return True
         rows = ms.batch.rows + [req]
         longest = max(len(r.prompt_ids) + r.max_new_tokens for r in rows)
         projected = len(rows) * longest * per_tok
-        current = hm.ledger().accel_kv
-        return projected - current <= self.device.free
+        return projected - hm.accel_kv_last <= self.device.free
 
     def _candidates(self) -> list[Candidate]:
         out = []
@@ -756,7 +769,7 @@ class Engine:
         hm, batch = ms.hm, ms.batch
         ms.state = "serving"
         self._busy = f"{action} {ms.id}"
-        t0 = time.perf_counter()
+        t0 = self._t_fwd0 = time.perf_counter()
         req = None
         try:
             if action == "prefill":
@@ -777,7 +790,7 @@ class Engine:
             self._step_failed(ms, e, also=[req] if req is not None and req not in batch.rows else [])
             return
         hm.device.synchronize()
-        now = time.perf_counter()
+        now = self._t_fwd1 = time.perf_counter()
         led = hm.ledger()
         bytes_read = hm.weight_bytes() + led.accel_kv + led.host_kv  # gpt-fast's bytes per step
         ms.metrics.on_step(now, tokens, now - t0, bytes_read, decode=(action == "decode"))
@@ -940,6 +953,7 @@ class Engine:
             hm = ms.hm
             m = ms.metrics
             rows = list(ms.batch.rows) if ms.batch else []
+            pct = m.percentiles()
             models.append(
                 ModelSnapshot(
                     id=ms.id, source=ms.source, family=hm.family if hm else "?", params=hm.params if hm else 0,
@@ -949,8 +963,7 @@ class Engine:
                     ledger=hm.ledger() if hm else _EMPTY_LEDGER, queued=len(ms.queue), running=len(rows),
                     completed=m.completed, cancelled=m.cancelled, tokens_generated=m.tokens,
                     tok_s=m.tok_s(now), tok_s_overall=m.overall_tok_s(), tok_s_history=tuple(m.history),
-                    ttft_p50=percentile(m.ttft, 50), ttft_p95=percentile(m.ttft, 95),
-                    tpot_p50=percentile(m.tpot, 50), tpot_p95=percentile(m.tpot, 95),
+                    ttft_p50=pct[0], ttft_p95=pct[1], tpot_p50=pct[2], tpot_p95=pct[3],
                     achieved_gbps=m.gbps(now), bytes_per_token=m.bytes_per_token,
                     last_text=ms.last_text, last_preemption=ms.last_preemption,
                     decode_tokens=m.decode_tokens, decode_s=m.decode_s,

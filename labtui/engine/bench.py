@@ -87,6 +87,7 @@ def bench_model(name: str, quick: bool = False, device: str = "sim") -> dict:
         m = eng.load(f"zoo:{name}")
         hm = eng._models[m].hm
         prompt = hm.tokenizer("The accelerator and the host share one link between them")["input_ids"]
+        out["compute_threads"] = torch.get_num_threads()
         out["params"] = hm.params
         out["weight_bytes"] = hm.weight_bytes()
         out["n_layers"] = hm.n_layers
@@ -162,6 +163,51 @@ def bench_model(name: str, quick: bool = False, device: str = "sim") -> dict:
     return out
 
 
+def bench_scheduler(quick: bool = False, device: str = "sim") -> dict:
+    """Scheduler overhead per step with 4 models served at once (closed workloads)."""
+    names = ["llama-5m", "qwen3-10m", "gpt2-10m", "phi3-15m"]
+    with Engine(device=device, memory_gib=4 if device == "sim" else None, link="pcie4-x16", host_slowdown=2.0) as eng:
+        for i, n in enumerate(names):
+            eng.load(f"zoo:{n}", id=f"m{i}", residency=[1.0, 0.5, 0.5, 1.0][i], offload=["stream", "stream", "host", "stream"][i])
+        for i in range(len(names)):
+            eng.launch_workload(f"m{i}", kind="closed", concurrency=2, requests=4 if quick else 12,
+                                prompt_tokens=16, max_new_tokens=24 if quick else 48)
+        eng.wait_idle(600)
+        st = dict(eng.sched_stats)
+        med_ov = _median(list(eng._sched_samples))
+    st["overhead_median_share"] = round(med_ov / max(1e-9, st["step_s"] / max(1, st["steps"])), 4)
+    st["overhead_share"] = round(st["overhead_s"] / max(1e-9, st["step_s"] + st["overhead_s"]), 4)
+    st["overhead_us_per_step"] = round(st["overhead_s"] / max(1, st["steps"]) * 1e6, 1)
+    st["step_ms"] = round(st["step_s"] / max(1, st["steps"]) * 1e3, 3)
+    st["models"] = names
+    return st
+
+
+def bench_preemption(name: str = "llama-30m", device: str = "sim") -> dict:
+    """The four phases of a preemption at 200 generated tokens: weights=disk vs host."""
+    out = {"model": name}
+    with Engine(device=device, memory_gib=4 if device == "sim" else None, link="pcie4-x16") as eng:
+        m = eng.load(f"zoo:{name}")
+        prompt = eng._models[m].hm.tokenizer("Preemption cost is dominated by reloading weights")["input_ids"]
+        for weights in ("disk", "host"):
+            req = eng.submit(m, prompt, max_new_tokens=260)
+            while len(req.out_ids) < 200 and not req.done.is_set():
+                time.sleep(0.001)
+            eng.preempt(m, kv="swap", weights=weights)
+            rep = eng.resume(m)
+            req.done.wait(600)
+            total = rep.total_s
+            out[weights] = {
+                "kv_out_s": round(rep.kv_out_s, 5), "release_s": round(rep.release_s, 5),
+                "reload_s": round(rep.reload_s, 5), "kv_in_s": round(rep.kv_in_s, 5),
+                "kv_bytes": rep.kv_out_bytes, "weight_bytes": rep.reload_bytes,
+                "reload_share": round(rep.reload_s / total, 4) if total else None,
+                "kv_share": round((rep.kv_out_s + rep.kv_in_s) / total, 4) if total else None,
+                "total_s": round(total, 5),
+            }
+    return out
+
+
 def _gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in zip(times[1:], times[2:], strict=False)] or [times[-1]]
 
@@ -172,9 +218,10 @@ def run_bench(models: list[str], quick: bool = False, device: str = "sim") -> di
     info = doctor_info()
     return {
         "machine": {k: info[k] for k in ("platform", "cpu_count", "torch", "transformers", "host_memcpy_gbps")},
-        "torch_threads": torch.get_num_threads(),
         "device": device,
         "models": [bench_model(n, quick, device) for n in models],
+        "scheduler": bench_scheduler(quick, device),
+        "preemption": bench_preemption("llama-30m", device),
     }
 
 
@@ -211,4 +258,11 @@ def _print_table(r: dict) -> None:
             f"{m['stream_half']['no_prefetch_vs_prefetch']:.2f}",
             f"{m['moves']['fraction_of_link']:.2f}",
         )
-    Console(file=sys.stdout).print(t)
+    c = Console(file=sys.stdout)
+    c.print(t)
+    s = r["scheduler"]
+    c.print(f"scheduler overhead: {s['overhead_share']:.2%} of step time, median step {s['overhead_median_share']:.2%} ({s['overhead_us_per_step']} us per {s['step_ms']} ms step, 4 models)")
+    for w in ("disk", "host"):
+        p = r["preemption"][w]
+        c.print(f"preempt {r['preemption']['model']} weights={w}: kv_out {p['kv_out_s']*1e3:.1f} ms, release {p['release_s']*1e3:.1f} ms, "
+                f"reload {p['reload_s']*1e3:.1f} ms, kv_in {p['kv_in_s']*1e3:.1f} ms (reload {p['reload_share']:.1%})")

@@ -66,7 +66,9 @@ def _cache_kwarg(model) -> str:
 
 def forward(hm: HostedModel, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
     """One forward; returns float32 logits of the last position, shape [B, V]."""
-    key = hm.__dict__.setdefault("_cache_kw", _cache_kwarg(hm.model))
+    key = hm.cache_kwarg
+    if key is None:
+        key = hm.cache_kwarg = _cache_kwarg(hm.model)
     hm.begin_forward()
     with torch.inference_mode():
         out = hm.model(

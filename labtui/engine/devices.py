@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import platform
 import threading
+import time
 from dataclasses import dataclass
 
 import psutil
@@ -96,6 +97,8 @@ class Device:
         self.host_slowdown = float(host_slowdown)
         self._reserved = 0  # bytes accounted by ledgers (weights, KV, buffers)
         self._lock = threading.Lock()
+        self._host_mem_t = -1.0
+        self._host_mem = (0, 0, 0)
 
     # torch devices -------------------------------------------------------
     @property
@@ -158,16 +161,25 @@ class Device:
     def empty_cache(self) -> None:
         pass
 
+    def _host_memory(self) -> tuple[int, int, int]:
+        # /proc reads cost ~0.1 ms; host RAM changes slowly: refresh twice a second.
+        now = time.monotonic()
+        if now - self._host_mem_t > 0.5:
+            vm = psutil.virtual_memory()
+            self._host_mem = (psutil.Process().memory_info().rss, vm.total - vm.available, vm.total)
+            self._host_mem_t = now
+        return self._host_mem
+
     def probe(self) -> MemoryProbe:
-        vm = psutil.virtual_memory()
+        rss, used, total = self._host_memory()
         return MemoryProbe(
             used_bytes=self.used,
             total_bytes=self.budget_bytes,
             allocator_allocated=0,
             allocator_reserved=0,
-            process_rss=psutil.Process().memory_info().rss,
-            host_used=vm.total - vm.available,
-            host_total=vm.total,
+            process_rss=rss,
+            host_used=used,
+            host_total=total,
         )
 
     def describe(self) -> dict:

@@ -197,6 +197,10 @@ class HostedModel:
         self._pe_cache: tuple[int, object] | None = None
         self._reserved = 0
         self._weight_bytes: int | None = None
+        self.cache_kwarg: str | None = None  # name of forward()'s KV-cache argument
+        self._kv_tok_key: tuple | None = None
+        self._kv_tok = 0
+        self.accel_kv_last = 0  # accelerator KV bytes after the last step (admission)
         self._kv_swapped = False  # preempted with kv=swap: accelerator KV is on the host
         self._paused_window = False  # preempted: no stream buffers held
         self.kv_bytes_per_token = [0] * self.n_layers  # measured by warmup()
@@ -344,6 +348,14 @@ class HostedModel:
     def kv_on_host(self, i: int) -> bool:
         return self.placement[i] == HOST
 
+    def kv_per_token_accel(self) -> int:
+        """KV bytes one token adds on the accelerator (blocks not run on the host)."""
+        key = (tuple(self.placement), tuple(self.kv_bytes_per_token))
+        if self._kv_tok_key != key:
+            self._kv_tok_key = key
+            self._kv_tok = sum(b for i, b in enumerate(self.kv_bytes_per_token) if not self.kv_on_host(i))
+        return self._kv_tok
+
     def _move_kv(self, i: int, to_accel: bool, reason: str) -> tuple[int, float]:
         layer = self.kv_layer(i)
         if layer is None:
@@ -392,7 +404,9 @@ class HostedModel:
 
     def sync_reservation(self, ledger: Ledger | None = None) -> None:
         """Keep the device's accounting equal to this model's ledger."""
-        total = (ledger or self.ledger()).accel_total
+        ledger = ledger or self.ledger()
+        self.accel_kv_last = ledger.accel_kv
+        total = ledger.accel_total
         delta = total - self._reserved
         if delta > 0:
             self.device.reserve(delta)

@@ -28,6 +28,7 @@ class ModelMetrics:
         self.cancelled = 0
         self.failed = 0
         self.bytes_per_token = 0
+        self._pct: tuple | None = None
 
     def on_step(self, now: float, tokens: int, step_s: float, bytes_read: int, decode: bool) -> None:
         self.tokens += tokens
@@ -73,6 +74,18 @@ class ModelMetrics:
             self.ttft.append(ttft)
         if tpot is not None:
             self.tpot.append(tpot)
+        self._pct = None
+
+    def percentiles(self) -> tuple[float | None, float | None, float | None, float | None]:
+        """TTFT p50/p95, TPOT p50/p95; recomputed only when a request finished."""
+        if self._pct is None:
+            self._pct = (
+                percentile(self.ttft, 50),
+                percentile(self.ttft, 95),
+                percentile(self.tpot, 50),
+                percentile(self.tpot, 95),
+            )
+        return self._pct
 
     def summary(self) -> dict:
         return {
