@@ -73,8 +73,13 @@ def moves(events):
     return [e for e in events if e.kind == "layer_move"]
 
 
-@run_async
-async def test_slider_keys_move_exactly_those_layers(engine):
+def test_slider_keys_move_exactly_those_layers(engine, monkeypatch):
+    # a longer pause than the lab's 0.4 s, so a loaded CI machine cannot split the burst
+    monkeypatch.setattr(ResidencySlider, "DEBOUNCE_S", 1.5)
+    asyncio.run(_slider_keys(engine))
+
+
+async def _slider_keys(engine):
     seq0 = last_seq(engine)
     app = LabApp(engine)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -349,8 +354,14 @@ async def test_load_and_unload_from_the_lab(engine):
             lambda: (m := engine.snapshot().model("b")) is not None and m.layer_cells == "RRRSSS",
             30,
         )
-        await pilot.click("#card-b")  # a click on a card selects it
-        assert await wait_for(pilot, lambda: app.selected == "b")
+        # a click on a card selects it (clicked again if the new card was still moving
+        # into place when the pilot computed where to click)
+        for _ in range(5):
+            await pilot.pause(0.3)
+            await pilot.click("#card-b", offset=(4, 2))
+            if await wait_for(pilot, lambda: app.selected == "b", 1.0):
+                break
+        assert app.selected == "b"
         await pilot.press("u")
         await pilot.pause(0.2)
         await pilot.click("#ok")

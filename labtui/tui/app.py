@@ -62,7 +62,7 @@ class LabApp(App):
     validated Scenario to replay once the engine is ready; ``engine_factory``:
     builds the engine on a worker thread when ``engine`` is None."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere work too
     TITLE = "labtui"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide"), (170, "-xwide")]
     POLL_HZ = 4.0
@@ -119,6 +119,9 @@ class LabApp(App):
         self._zoo_rows: list[dict] | None = None
         self._owns_engine = engine is None
         self._chart_drawn = 0.0
+        self._shown_at = 0.0
+        self.engine_error: str | None = None
+        self.engine_error_code = 0
 
     # -- layout ----------------------------------------------------------------
 
@@ -169,7 +172,7 @@ class LabApp(App):
             self.post_message(EngineFailed(str(e)))
             return
         except Exception as e:  # noqa: BLE001
-            self.post_message(EngineFailed(f"engine failed to start: {one_line(e)}"))
+            self.post_message(EngineFailed(f"engine failed to start: {one_line(e)}", code=1))
             return
         self.post_message(EngineReady(eng))
 
@@ -178,6 +181,8 @@ class LabApp(App):
         self._engine_ready()
 
     def on_engine_failed(self, message: EngineFailed) -> None:
+        self.engine_error = message.message
+        self.engine_error_code = message.code
         self.query_one(DeviceBar).starting(message.message)
         self.query_one("#cards-empty", Static).update(message.message)
         self.notify(message.message, severity="error", timeout=10)
@@ -234,8 +239,11 @@ class LabApp(App):
                         f"engine error in {e.data.get('where')}: {e.data.get('message')}",
                         severity="error",
                     )
-        if changed or stalled_bucket != self._stalled_shown:
+        # Parts of the screen redraw at most twice a second; a quiet engine still
+        # gets one redraw a second so those parts show its final state.
+        if changed or stalled_bucket != self._stalled_shown or now - self._shown_at >= 1.0:
             self._stalled_shown = stalled_bucket
+            self._shown_at = now
             self.snap = snap
             self._show(snap, stalled)
 
@@ -519,10 +527,11 @@ class LabApp(App):
         self.refresh_chart()
 
     def refresh_chart(self, throttle: bool = False) -> None:
-        # The live marker moves with every snapshot; redrawing the chart at 2 Hz is
-        # plenty and keeps the lab's CPU (and GIL) use low.
+        # The live marker moves with every snapshot; redrawing the chart once a second
+        # is plenty (points need seconds to settle) and keeps the lab's CPU (and GIL)
+        # use low.
         now = time.monotonic()
-        if throttle and now - self._chart_drawn < 0.5:
+        if throttle and now - self._chart_drawn < 1.0:
             return
         self._chart_drawn = now
         self.query_one(ScatterChart).refresh()
@@ -609,6 +618,9 @@ def main(scenario_path: str | None, device: str | None) -> int:
                 eng.close()
             except Exception:  # noqa: BLE001
                 pass
+    if app.engine_error:  # e.g. --device cuda without a GPU: say it again on the terminal
+        print(f"labtui: {app.engine_error}", file=sys.stderr)
+        return app.engine_error_code
     if app.return_code not in (None, 0):
         return app.return_code or 1
     return rc if isinstance(rc, int) else 0

@@ -16,9 +16,12 @@ class EngineReady(Message):
 
 
 class EngineFailed(Message):
-    def __init__(self, message: str) -> None:
+    """The engine could not start: code 2 for bad input (LabError), 1 otherwise."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
         super().__init__()
         self.message = message
+        self.code = code
 
 
 class CommandDone(Message):

@@ -100,7 +100,9 @@ class ChartData:
             # mode changes start a new one (idle gaps between requests do not).
             steady = m.state in ("serving", "idle") and "M" not in m.layer_cells
             decoding = steady and m.state == "serving" and m.running > 0 and m.tok_s > 0
-            cur = (k, m.tok_s) if decoding else None
+            # the live marker, to 2 significant digits: it moves when the rate moves,
+            # not with every jitter of the window (each redraw costs the engine CPU)
+            cur = (k, float(f"{m.tok_s:.2g}")) if decoding else None
             since = self._since.get(m.id)
             if not steady or since is None or (since.layers, since.mode) != (k, m.mode):
                 since = self._since[m.id] = _Since(k, m.mode, snap.t, m.decode_tokens, m.decode_s)
@@ -111,7 +113,7 @@ class ChartData:
                 if ds >= MIN_DECODE_S and dtok >= MIN_DECODE_TOKENS:
                     value = dtok / ds
                     if cur is not None:
-                        cur = (k, value)
+                        cur = (k, float(f"{value:.2g}"))
             elif decoding and snap.t - since.t >= SETTLE_S:
                 value = m.tok_s
             if value is not None and s.points.get(k) != value:

@@ -37,6 +37,7 @@ class DeviceBar(Static):
     def __init__(self, **kw) -> None:
         super().__init__("", **kw)
         self._args: tuple | None = None
+        self._shown = ""
 
     def starting(self, what: str) -> None:
         t = Text(no_wrap=True, overflow="ellipsis")
@@ -75,23 +76,25 @@ class DeviceBar(Static):
                 f"{stalled_s:.0f} s: {busy}", self.get_component_rich_style("devicebar--stalled")
             )
         elif busy != "idle":
-            line.append(
-                f"  {SPINNER[snap.seq % len(SPINNER)]} ",
-                self.get_component_rich_style("devicebar--busy"),
-            )
+            # the spinner turns twice a second of engine time, not per snapshot
+            frame = SPINNER[int(snap.t * 2) % len(SPINNER)]
+            line.append(f"  {frame} ", self.get_component_rich_style("devicebar--busy"))
             line.append(busy, self.get_component_rich_style("devicebar--busy"))
         else:
             line.append("  ○ idle", dim)
         active = sum(1 for w in snap.workloads if not w.done)
         n = len(snap.models)
         line.append(f"  {n} model{'s' * (n != 1)} · {active} workload{'s' * (active != 1)}", dim)
-        line.append(f"  t {snap.t:.1f} s", dim)
+        line.append(f"  t {snap.t:.0f} s", dim)
         if replay:
             line.append(f"  ▶ {replay}", self.get_component_rich_style("devicebar--busy"))
         line.truncate(width, overflow="ellipsis")
         t.append_text(line)
-        self.update(t, layout=False)  # fixed height: repaint only
+        if t.plain != self._shown:  # skip identical repaints
+            self._shown = t.plain
+            self.update(t, layout=False)  # fixed height: repaint only
 
     def on_resize(self) -> None:
         if self._args is not None:
+            self._shown = ""
             self.show(*self._args)

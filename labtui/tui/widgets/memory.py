@@ -6,6 +6,7 @@ kind); the histories are Textual Sparklines of samples the lab keeps itself.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from rich.text import Text
@@ -72,15 +73,20 @@ class MemoryBars(Static):
         super().__init__("", **kw)
         self._snap: EngineSnapshot | None = None
         self._series: dict[str, int] = {}
+        self._shown = ""
 
     def show(self, snap: EngineSnapshot, series: dict[str, int]) -> None:
         self._snap = snap
         self._series = series
-        self.update(self._render_text(), layout=False)  # always 6 lines: repaint only
+        text = self._render_text()
+        if text.plain != self._shown:  # bytes change rarely; skip identical repaints
+            self._shown = text.plain
+            self.update(text, layout=False)  # always 6 lines: repaint only
 
     def on_resize(self) -> None:
         if self._snap is not None:
-            self.update(self._render_text())
+            self._shown = ""
+            self.show(self._snap, self._series)
 
     def _render_text(self) -> Text:
         snap = self._snap
@@ -161,6 +167,8 @@ class MemoryPanel(Vertical):
         self.accel_hist: deque[float] = deque(maxlen=HISTORY)
         self.rss_hist: deque[float] = deque(maxlen=HISTORY)
         self._last_seq = -1
+        self._drawn = 0.0
+        self._bars_drawn = 0.0
 
     def compose(self) -> ComposeResult:
         yield self.bars
@@ -179,23 +187,52 @@ class MemoryPanel(Vertical):
     def show(self, snap: EngineSnapshot, series: dict[str, int]) -> None:
         if not self.is_mounted:
             return
-        self.bars.show(snap, series)
+        # Bars twice a second (KV bytes change with every token; moves still show
+        # within half a second), histories once a second: repaints cost the engine.
+        now = time.monotonic()
+        if now - self._bars_drawn >= 0.5:
+            self._bars_drawn = now
+            self.bars.show(snap, series)
         if snap.seq != self._last_seq:
             self._last_seq = snap.seq
             used, _ = accel_used(snap)
             self.accel_hist.append(used / GIB)
             self.rss_hist.append(snap.device.process_rss / GIB)
-        # Two samples at least: a single value would draw a full-height bar.
-        self.query_one("#accel-spark", Sparkline).data = _spark(self.accel_hist)
-        self.query_one("#rss-spark", Sparkline).data = _spark(self.rss_hist)
+        # The histories redraw once a second: memory moves slowly, and every repaint
+        # costs CPU the engine's thread could use.
+        now = time.monotonic()
+        if now - self._drawn < 1.0:
+            return
+        self._drawn = now
+        for wid, hist in (("#accel-spark", self.accel_hist), ("#rss-spark", self.rss_hist)):
+            spark = self.query_one(wid, Sparkline)
+            spark.data = _spark(hist, spark.size.width)
         for wid, hist in (("#accel-spark-now", self.accel_hist), ("#rss-spark-now", self.rss_hist)):
             text = f"{hist[-1]:.2f} GiB" if hist else ""
-            self.query_one(wid, Static).update(text, layout=False)
+            label = self.query_one(wid, Static)
+            if str(label.content) != text:
+                label.update(text, layout=False)
 
 
-def _spark(hist: deque[float]) -> list[float]:
-    data = list(hist) or [0.0]
-    return data * 2 if len(data) == 1 else data
+def _spark(hist, width: int = 0) -> list[float]:
+    return spark_data(list(hist), width)
+
+
+def spark_data(data: list[float], width: int) -> list[float]:
+    """At most ``width`` points (the max of each bucket, as Sparkline draws them):
+    Sparkline buckets with Fractions, which is slow for long histories; and at
+    least two points (a single value would draw a full-height bar)."""
+    if not data:
+        return [0.0, 0.0]
+    if len(data) == 1:
+        return data * 2
+    if width > 0 and len(data) > width:
+        n = len(data)
+        data = [
+            max(data[i * n // width : max(i * n // width + 1, (i + 1) * n // width)])
+            for i in range(width)
+        ]
+    return data
 
 
 class MemoryStrip(Static):
