@@ -264,3 +264,24 @@ async def test_policy_device_and_cancel_keys_send_commands():
         SetDeviceOptions(link=8.0, memory_gib=3.0, host_slowdown=4.0),
         CancelWorkload(workload="w1"),
     ]
+
+
+@run_async
+async def test_model_output_and_notes_cannot_drive_the_terminal_or_break_svg():
+    import xml.etree.ElementTree as ET
+
+    snap = demo_snapshot()
+    small = replace(snap.models[0], last_text="ok\x0e then \x1b[31mred\x07 [b]not markup[/b]")
+    snap = replace(snap, models=(small,) + snap.models[1:], note="see [red]this[/red]\x0e")
+    app = LabApp(FrozenEngine(snap, [Event(1, 1.0, "note", {"text": "a\x1bnote [b]x"})]))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause(0.3)
+        app.notify("path [with] brackets\x0e")
+        await pilot.pause(0.1)
+        svg = app.export_screenshot()
+    ET.fromstring(svg)  # well-formed
+    assert (
+        "\x1b" not in svg
+        and "\x0e" not in svg
+        and "[b]not markup[/b]" in svg.replace("&#160;", " ")
+    )

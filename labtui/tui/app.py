@@ -39,6 +39,7 @@ from labtui.engine.commands import (
     Unload,
 )
 from labtui.errors import LabError, one_line
+from labtui.tui.format import one_line_text
 from labtui.tui.messages import (
     CommandDone,
     EngineFailed,
@@ -122,6 +123,18 @@ class LabApp(App):
         self._shown_at = 0.0
         self.engine_error: str | None = None
         self.engine_error_code = 0
+
+    def notify(self, message, *, title="", severity="information", timeout=None, markup=True):
+        # Engine and file messages are plain text: "[...]" in a path or an accepted
+        # list must not be read as markup, control characters must not reach the
+        # terminal. Every notification in the lab goes through here (screens too).
+        return super().notify(
+            one_line_text(str(message)),
+            title=one_line_text(str(title)),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
 
     # -- layout ----------------------------------------------------------------
 

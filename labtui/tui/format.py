@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 GIB = 1024**3
 MIB = 1024**2
 
@@ -67,7 +69,11 @@ def ellipsize(text: str, width: int) -> str:
 
 
 def one_line_text(text: str) -> str:
-    return " ".join(text.split())
+    """Generated text for one line: whitespace runs become one space, and control or
+    unassigned characters (tiny models emit them) become '�', so they can neither
+    drive the terminal nor break an SVG screenshot."""
+    text = " ".join(text.split())
+    return "".join("\ufffd" if unicodedata.category(ch)[0] == "C" else ch for ch in text)
 
 
 def device_line(dev) -> str:

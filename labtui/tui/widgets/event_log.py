@@ -14,7 +14,7 @@ from rich.text import Text
 from textual.widgets import RichLog
 
 from labtui.engine.events import Event
-from labtui.tui.format import fmt_bytes, fmt_s
+from labtui.tui.format import fmt_bytes, fmt_s, one_line_text
 
 # kind -> component class (colours live in app.tcss)
 KIND_CLASS = {
@@ -201,7 +201,7 @@ class EventLog(RichLog):
             kind = "layer_move"
         else:
             e = item
-            msg = describe(e)
+            msg = one_line_text(describe(e))  # notes and errors are free text
             kind = e.kind
         # A grid row per event, so a long message wraps under itself.
         narrow = self.scrollable_content_region.width < 56

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from labtui.engine.snapshot import EngineSnapshot
-from labtui.tui.format import device_line, ellipsize
+from labtui.tui.format import device_line, ellipsize, one_line_text
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
@@ -19,7 +19,7 @@ class Caption(Static):
     def show(self, note: str) -> None:
         if note != getattr(self, "_note", None):
             self._note = note
-            self.update(f"✎ {note}" if note else "")
+            self.update(Text(f"✎ {one_line_text(note)}") if note else "")  # plain, not markup
             self.display = bool(note)
 
 

@@ -8,6 +8,7 @@ from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.markup import escape
 from textual.widgets import Button, Sparkline, Static
 
 from labtui.engine.snapshot import ModelSnapshot
@@ -133,9 +134,9 @@ class ModelCard(Vertical):
             return
         glyph = STATE_GLYPH.get(ms.state, "●")
         if ms.n_layers == 0:  # still loading: family and size not known yet
-            title = f"[b]{ms.id}[/b] · {ms.source}"
+            title = f"[b]{ms.id}[/b] · {escape(ms.source)}"  # a path may hold "["
         else:
-            title = f"[b]{ms.id}[/b] · {ms.family} {fmt_params(ms.params)} · {ms.n_layers} layers"
+            title = f"[b]{ms.id}[/b] · {escape(ms.family)} {fmt_params(ms.params)} · {ms.n_layers} layers"
         if self.border_title != title:
             self.border_title = title
         sub = f"{glyph} {ms.state}"
