@@ -2,8 +2,10 @@
 workloads, under random slider, preempt/resume, mode, prefetch and workload
 actions for N minutes. Prints one JSON object:
 
-- rss_start_mb / rss_end_mb / rss_growth_mb: process RSS after the warm-up and at
-  the end (the warm-up loads the models and runs one round of every action kind);
+- rss_start_mb / rss_end_mb / rss_growth_mb, rss_samples_mb: process RSS after the
+  warm-up (models loaded, a minute of actions: the allocator's working set settles
+  in about that long) and at the end, and every 30 s between (a leak is a trend,
+  not one difference: glibc's arenas move RSS by tens of MB either way);
 - key_ms_p50 / key_ms_p95 / key_ms_max: how long the lab took to handle a key or
   click (Pilot returns once the app has processed it and is idle again);
 - requests_completed / requests_cancelled / tokens, per model and in total;
@@ -50,6 +52,7 @@ def _pct(xs: list[float], q: float) -> float | None:
 
 async def soak(args) -> dict:
     from textual.css.query import NoMatches
+    from textual.pilot import OutOfBounds
 
     from labtui.engine import Engine
     from labtui.engine.commands import LaunchWorkload
@@ -78,9 +81,17 @@ async def soak(args) -> dict:
         counts[kind] = counts.get(kind, 0) + 1
 
     async def select(pilot, mid: str) -> None:
-        card = next((c for c in app.query(ModelCard) if c.model_id == mid), None)
-        if card is not None:
-            await timed(pilot.click(card), "select")
+        for _ in range(2):
+            card = next((c for c in app.query(ModelCard) if c.model_id == mid), None)
+            if card is None:
+                return
+            try:
+                await timed(pilot.click(card), "select")
+                return
+            except OutOfBounds:  # another view is showing, or the card is scrolled away
+                await timed(pilot.press("1"), "view")
+                card.scroll_visible(animate=False)
+                await pilot.pause(0.05)
 
     async def action(pilot) -> None:
         snap = eng.snapshot()
@@ -145,12 +156,16 @@ async def soak(args) -> dict:
         rss_start = _rss_mb()
         t_end = time.monotonic() + args.minutes * 60
         next_check = time.monotonic() + 10
+        t_run, rss_samples, next_sample = time.monotonic(), [], time.monotonic() + 30
         while time.monotonic() < t_end:
             await action(pilot)
             await pilot.pause(rng.uniform(0.05, 0.5))
             if time.monotonic() >= next_check:
                 check()
                 next_check = time.monotonic() + 10
+            if time.monotonic() >= next_sample:  # the trend tells a leak from allocator noise
+                rss_samples.append((round(time.monotonic() - t_run), round(_rss_mb(), 1)))
+                next_sample += 30
         rss_end = _rss_mb()
         # drain: no more actions; everything must finish
         if app.screen is not app.screen_stack[0]:
@@ -183,6 +198,7 @@ async def soak(args) -> dict:
         "rss_start_mb": round(rss_start, 1),
         "rss_end_mb": round(rss_end, 1),
         "rss_growth_mb": round(rss_end - rss_start, 1),
+        "rss_samples_mb": rss_samples,
         "key_ms_p50": round(1000 * statistics.median(key_s), 1) if key_s else None,
         "key_ms_p95": round(1000 * _pct(key_s, 0.95), 1) if key_s else None,
         "key_ms_max": round(1000 * max(key_s), 1) if key_s else None,
@@ -204,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-gib", type=float, default=0.15, help="sim budget (small: refusals and squeezes)")
     p.add_argument("--link", default="pcie4-x16")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warmup-s", type=float, default=20.0)
+    p.add_argument("--warmup-s", type=float, default=60.0, help="RSS settles in about a minute")
     p.add_argument("--drain-s", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = p.parse_args(argv)
