@@ -75,7 +75,7 @@ class LabApp(App):
         Binding("l", "load", "load"),
         Binding("s", "save", "save"),
         Binding("question_mark,f1", "help", "help", key_display="?"),
-        Binding("q", "quit", "quit"),
+        Binding("q", "lab_quit", "quit"),
         Binding("u", "unload", "unload", show=False),
         Binding("m", "mode", "mode", show=False),
         Binding("f", "prefetch", "prefetch", show=False),
@@ -412,8 +412,9 @@ class LabApp(App):
     # -- actions -----------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # Lab keys act on the main screen only (not under a dialog or the help).
-        if action in ("quit", "help", "command_palette"):
+        # Lab keys (q and ? included) act on the main screen only: under a dialog, q
+        # must not quit the lab nor p open a second dialog. ctrl+q quits anywhere.
+        if action in ("command_palette", "help_quit", "quit"):
             return True
         return self.screen is self.screen_stack[0]
 
@@ -596,6 +597,9 @@ class LabApp(App):
         self.query_one("#right").set_class(view not in ("memory", "log"), "-off")
 
     # -- shutdown -----------------------------------------------------------------------
+
+    async def action_lab_quit(self) -> None:
+        await self.action_quit()
 
     async def action_quit(self) -> None:
         if self.replay is not None:

@@ -33,7 +33,7 @@ KEYS: list[tuple[str, str]] = [
     ("1 2 3 4", "narrow terminals: models, memory, chart, events"),
     ("s", "save this session as a scenario (labtui run / open replay it)"),
     ("? / F1", "this help"),
-    ("q / ctrl+c", "quit"),
+    ("q / ctrl+q", "quit (q on the main screen; ctrl+q anywhere)"),
 ]
 
 MOUSE = (
