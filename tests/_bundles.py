@@ -29,7 +29,7 @@ model = "A"
 id = "a-job"
 requests = 1
 prompt_tokens = 16
-max_new_tokens = 20
+max_new_tokens = 60
 
 [[timeline]]
 action = "note"

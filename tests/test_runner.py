@@ -184,7 +184,7 @@ def test_warm_up_is_excluded_from_timing():
     warm = [e for e in events if e["kind"] == "request_finish" and e["phase"] == "warmup"]
     assert len(warm) == 4 and all(e["new_tokens"] == 2 for e in warm)
     s = json.loads((tiny_bundle() / "summary.json").read_text())
-    assert all(r["stats"]["A"]["requests"] == 1 and r["stats"]["A"]["tokens"] == 20 for r in s["runs"])
+    assert all(r["stats"]["A"]["requests"] == 1 and r["stats"]["A"]["tokens"] == 60 for r in s["runs"])
 
 
 def test_bundle_scenario_replays_the_same_points():
@@ -216,7 +216,7 @@ def test_unwritable_out_is_one_line(tmp_path, capsys):
 def test_run_timeout_stops_and_says_so(tmp_path):
     from labtui.scenario.runner import run_file
 
-    text = TINY.replace("timeout_s = 120", "timeout_s = 1.5").replace("max_new_tokens = 20", "max_new_tokens = 100000")
+    text = TINY.replace("timeout_s = 120", "timeout_s = 1.5").replace("max_new_tokens = 60", "max_new_tokens = 100000")
     text = text.replace("requests = 1\n", "requests = 1000\n")
     t0 = time.monotonic()
     res = run_file(write_tiny(tmp_path, text), out=tmp_path / "b", progress=False)

@@ -150,6 +150,15 @@ class Engine:
     def snapshot(self) -> EngineSnapshot:
         return self._snapshot
 
+    def fresh_snapshot(self, timeout: float = 30) -> EngineSnapshot:
+        """A snapshot built now, after every command and step so far (snapshot() may
+        be up to one publish period old). Blocks until the worker is between steps."""
+        if threading.current_thread() is self._thread:
+            self._publish(force=True)
+        else:
+            self.on_worker(lambda: self._publish(force=True), timeout)
+        return self._snapshot
+
     def events_since(self, seq: int) -> list[Event]:
         with self._ev_lock:
             if not self._events or self._events[-1].seq <= seq:

@@ -62,16 +62,21 @@ def play_timeline(
     res = PlayResult()
     if load:
         load_models(scn, engine, is_stopped)
-    snap = engine.snapshot()
+    # counts are taken relative to now: a stale snapshot would count the warm-up's
+    # last tokens towards the timeline's `when tokens` triggers
+    snap = engine.fresh_snapshot() if hasattr(engine, "fresh_snapshot") else engine.snapshot()
     view = SnapView(snap, {m.id: m.tokens_generated for m in snap.models},
                     {m.id: m.completed for m in snap.models}, res.workloads)
     schedule = Schedule(scn)
+    fresh = getattr(engine, "fresh_snapshot", engine.snapshot)
     t0 = time.monotonic()
     while True:
         if is_stopped():
             res.stopped = "stopped"
             return res
-        view.snap = engine.snapshot()
+        # fresh, not up to one publish period old: `when tokens` triggers fire
+        # on the step that reaches the count (a token can take ~1 ms on sim)
+        view.snap = fresh()
         for step in schedule.due(time.monotonic() - t0, view):
             _execute(engine, step, res, say, on_note)
             if is_stopped():
