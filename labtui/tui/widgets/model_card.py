@@ -197,7 +197,20 @@ class ModelCard(Vertical):
         )
         self._set("text", self.query_one(".card-text", Static), shown)
 
+    def _fit_buttons(self) -> None:
+        width = self.content_size.width
+        buttons = list(self.query(CardButton))
+        need = sum(len(str(b.label)) + 3 for b in buttons)  # line-pad 1+1, margin 1
+        for b in reversed(buttons[-2:]):  # unload first, then workload
+            fits = need - 1 <= width
+            b.display = fits
+            if not fits:
+                need -= len(str(b.label)) + 3
+
     def on_resize(self, event: events.Resize) -> None:
+        # Below 80 columns the button row would be cut: the least used buttons step
+        # aside (their keys, w and u, still work).
+        self._fit_buttons()
         self._cache.pop("text", None)
         self._cache.pop("metrics", None)
         self.update_from(self._ms, force=True)
