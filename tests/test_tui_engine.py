@@ -26,8 +26,6 @@ from labtui.tui.app import LabApp
 from labtui.tui.widgets.model_card import ModelCard
 from labtui.tui.widgets.slider import ResidencySlider
 
-pytestmark = pytest.mark.slow
-
 MODEL = "zoo:llama-5m"  # 6 decoder blocks
 
 
