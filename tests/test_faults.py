@@ -376,12 +376,6 @@ def _fill(disk: Path) -> None:
             pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner/bundle (labtui/scenario): a full disk mid-run is not handled: the engine "
-    "logs a traceback per event from the failing listener, the run plays on to the end, "
-    "then summary.json raises OSError -> traceback, exit 1, a stray .summary.json.tmp",
-)
 def test_disk_full_mid_run_stops_with_one_line(tmp_path):
     disk = tmp_path / "disk"
     if not _tmpfs(disk, "size=1m"):

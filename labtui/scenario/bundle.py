@@ -70,12 +70,37 @@ class BundleWriter:
         self._metrics.writerow(METRICS_COLUMNS)
         self._metrics_fh.flush()
         self._lock = threading.Lock()
+        # A write that fails mid-run (disk full, folder removed) is recorded once,
+        # further writes are skipped, and on_fail tells the runner to stop.
+        self.failed: OSError | None = None
+        self.on_fail = None
+
+    def _fail(self, e: OSError) -> None:
+        if self.failed is None:
+            self.failed = e
+            for fh in (self._events, self._metrics_fh):
+                try:
+                    fh.close()
+                except OSError:
+                    pass  # its buffer cannot reach the disk either
+            if self.on_fail is not None:
+                self.on_fail(e)
+
+    def failure_message(self) -> str:
+        e = self.failed
+        return (f"cannot write the bundle in {self.path}: {one_line(e.strerror or e) if e else '?'}; "
+                "what was written before is complete up to its last line; free space or give another --out")
 
     def write_text(self, name: str, text: str) -> None:
         # tmp + rename: a reader never sees half a file.
         tmp = self.path / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self.path / name)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.path / name)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            self._fail(e)
+            raise LabError(self.failure_message()) from None
 
     def write_json(self, name: str, obj: Any) -> None:
         self.write_text(name, dumps(obj, indent=2) + "\n")
@@ -83,22 +108,32 @@ class BundleWriter:
     def event(self, record: dict) -> None:
         line = dumps(record)
         with self._lock:
-            if not self._events.closed:
-                self._events.write(line + "\n")
-                self._events.flush()
+            if self.failed is None and not self._events.closed:
+                try:
+                    self._events.write(line + "\n")
+                    self._events.flush()
+                except OSError as e:
+                    self._fail(e)
 
     def metric_rows(self, rows: list[dict]) -> None:
         with self._lock:
-            if self._metrics_fh.closed:
+            if self.failed is not None or self._metrics_fh.closed:
                 return
-            for r in rows:
-                self._metrics.writerow([_cell(r.get(c)) for c in METRICS_COLUMNS])
-            self._metrics_fh.flush()
+            try:
+                for r in rows:
+                    self._metrics.writerow([_cell(r.get(c)) for c in METRICS_COLUMNS])
+                self._metrics_fh.flush()
+            except OSError as e:
+                self._fail(e)
 
     def close(self) -> None:
         with self._lock:
-            self._events.close()
-            self._metrics_fh.close()
+            for fh in (self._events, self._metrics_fh):
+                try:
+                    fh.close()
+                except OSError as e:  # the last flush of a full disk
+                    if self.failed is None:
+                        self.failed = e
 
 
 def _cell(v: Any) -> Any:

@@ -44,7 +44,7 @@ class RunResult:
 
 @dataclass
 class _RunState:
-    stop: str | None = None  # None | "interrupted" | "timed_out"
+    stop: str | None = None  # None | "interrupted" | "timed_out" | "write_failed"
     warnings: list[str] = field(default_factory=list)
 
 
@@ -135,6 +135,7 @@ class _Run:
                   + ("--quick applied: shorter workloads, fewer sweep points, one repetition\n" if self.quick else "")
                   + (f"--device {self.device} applied to [device].kind\n" if self.device else ""))
         self.writer.write_text("scenario.toml", scenario_to_toml(self.scn, header=header))
+        self.writer.on_fail = lambda e: setattr(self.state, "stop", "write_failed")
         old = self._install_sigint()
         self._sampler.start()
         try:
@@ -156,10 +157,14 @@ class _Run:
             self._sampler.stop()
             self._close_engine()
             summary = self._summary()
-            self.writer.write_json("summary.json", summary)
-            self.writer.close()
             if old is not None:
                 signal.signal(signal.SIGINT, old)
+            if self.writer.failed is None:
+                self.writer.write_json("summary.json", summary)
+            self.writer.close()
+            if self.writer.failed is not None:
+                # nothing more can be recorded: one line, and the run stops here
+                raise LabError(self.writer.failure_message())
         return RunResult(self.writer.path, summary, self.state.stop == "interrupted")
 
     def _install_sigint(self):
