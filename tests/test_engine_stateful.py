@@ -575,3 +575,24 @@ def test_refused_residency_under_priority_preempts_nobody():
         assert eng.snapshot().model("a").state == "idle", "the refused command preempted a"
         assert not [e for e in eng.events_since(0) if e.kind == "preempt"]
         eng.check_invariants()
+
+
+def test_prefetch_that_does_not_fit_is_refused():
+    """Found by the state machine: turning prefetch on grows the stream window (up to
+    prefetch_depth streamed blocks on the accelerator), but the check compared the
+    new placement with a ledger that already counted the new window, so it always
+    passed and the budget was exceeded (31.0 MiB > 30.7 MiB)."""
+    with Engine(device="sim", memory_gib=0.03, link=20.0) as eng:
+        eng.load("zoo:gpt2-10m", id="g", residency=0.0, offload="stream", prefetch=False)
+        eng.set_residency("g", [0])
+        used = eng.snapshot().device.used_bytes
+        with pytest.raises(LabError, match="prefetch buffers for g needs"):
+            eng.set_prefetch("g", True)
+        eng.check_invariants()
+        assert eng.wait_idle(10)
+        snap = eng.snapshot()
+        assert snap.model("g").prefetch is False and snap.device.used_bytes == used
+        eng.set_device_options(memory_gib=0.05)
+        eng.set_prefetch("g", True)  # fits now
+        eng.check_invariants()
+        assert eng.snapshot().model("g").prefetch is True

@@ -623,9 +623,10 @@ class Engine:
     def _do_set_prefetch(self, cmd: C.SetPrefetch) -> None:
         hm = self._models[cmd.model].hm
         hm.drain_prefetch()
-        old = hm.prefetch
+        old, before = hm.prefetch, hm.ledger().accel_total
         hm.prefetch = cmd.prefetch
-        extra = hm.plan_cost(hm.resident_set(), hm.mode)
+        # the ledger already counts the new stream window: compare with the old one
+        extra = hm.ledger().accel_total - before
         if extra > 0 and extra > self.device.free:
             hm.prefetch = old
             self.device.check_fits(extra, f"prefetch buffers for {cmd.model}")
