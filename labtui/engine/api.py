@@ -38,6 +38,7 @@ from labtui.engine.scheduler import Candidate, make_policy
 from labtui.engine.snapshot import (
     DeviceSnapshot,
     EngineSnapshot,
+    Ledger,
     ModelSnapshot,
     PhaseReport,
     WorkloadSnapshot,
@@ -1016,9 +1017,7 @@ class Engine:
 
 
 # ---------------------------------------------------------------- helpers
-from labtui.engine.snapshot import Ledger as _Ledger  # noqa: E402
-
-_EMPTY_LEDGER = _Ledger()
+_EMPTY_LEDGER = Ledger()
 
 
 def hm_need(hm: HostedModel, resident: set[int], mode: str) -> int:

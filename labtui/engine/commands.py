@@ -104,18 +104,6 @@ class Resume(_Cmd):
     model: ModelId
 
 
-class Dist(BaseModel):
-    """A length: fixed, or drawn from a seeded distribution."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: DistKind = "fixed"
-    value: int | None = Field(None, ge=1)  # fixed
-    low: int | None = Field(None, ge=1)  # uniform
-    high: int | None = Field(None, ge=1)
-    mean: float | None = Field(None, gt=0)  # lognormal (mean of the length)
-    sigma: float | None = Field(None, gt=0)
-
-
 class LaunchWorkload(_Cmd):
     action: Literal["launch_workload"] = "launch_workload"
     model: ModelId

@@ -27,7 +27,7 @@ from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_mod
 from accelerate.utils import named_module_tensors
 from torch import nn
 
-from labtui.engine.devices import Device, fmt_bytes
+from labtui.engine.devices import Device
 from labtui.engine.snapshot import CELL_HOST, CELL_MOVING, CELL_RESIDENT, CELL_STREAM, Ledger
 from labtui.engine.transfer import D2H, H2D, Link, Pending
 from labtui.errors import LabError
@@ -688,9 +688,6 @@ class HostedModel:
         self.cache = None
         self.release_reservation()
         self.device.empty_cache()
-
-    def describe_fit(self) -> str:
-        return f"{self.id}: {fmt_bytes(self.weight_bytes())} of weights in {self.n_layers} layers"
 
     def check_invariants(self) -> None:
         """Every unit in exactly one place, every tensor of the model inside its unit's
