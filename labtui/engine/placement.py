@@ -70,8 +70,9 @@ class Placement:
         return need
 
     def plan_cost(self, resident: set[int], mode: str) -> int:
-        """Accelerator bytes the placement would add (negative: frees)."""
-        return self.placement_bytes(resident, mode, kv=True) - self.ledger().accel_total
+        """Accelerator bytes the placement would add (negative: frees), counting the
+        admitted requests' reservation at the new placement (reservation.py)."""
+        return self.claim_bytes(resident, mode) - self.ledger().accel_total - self._hold
 
     def set_placement(self, resident: set[int], mode: str, reason: str = "residency") -> None:
         """Move blocks so that exactly ``resident`` live on the accelerator and the rest

@@ -101,6 +101,10 @@ class ModelSnapshot:
     # tok/s-vs-residency chart uses d(decode_tokens) / d(decode_s) when filled.
     decode_tokens: int = 0
     decode_s: float = 0.0
+    # Admission (reservation.py): why the queue's head waits ("" when it does not),
+    # and the headroom reserved for the admitted requests beyond the ledger.
+    waiting_reason: str = ""
+    reserved_bytes: int = 0
 
     @property
     def resident_layers(self) -> int:
@@ -124,6 +128,7 @@ class DeviceSnapshot:
     process_rss: int
     host_used: int
     host_total: int
+    reserved_bytes: int = 0  # headroom reserved for admitted requests (used + reserved <= budget)
 
 
 @dataclass(frozen=True)

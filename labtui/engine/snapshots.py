@@ -54,7 +54,7 @@ class SnapshotBuilder:
             link=dev.link.label, link_gbps=dev.link.gbps, link_latency_us=dev.link.latency_s * 1e6,
             host_slowdown=dev.host_slowdown, allocator_allocated=probe.allocator_allocated,
             allocator_reserved=probe.allocator_reserved, process_rss=probe.process_rss,
-            host_used=probe.host_used, host_total=probe.host_total,
+            host_used=probe.host_used, host_total=probe.host_total, reserved_bytes=dev.reserved,
         )
         models = []
         for ms in list(self._models.values()):
@@ -75,6 +75,7 @@ class SnapshotBuilder:
                     achieved_gbps=m.gbps(now), bytes_per_token=m.bytes_per_token,
                     last_text=ms.last_text, last_preemption=ms.last_preemption,
                     decode_tokens=m.decode_tokens, decode_s=m.decode_s,
+                    waiting_reason=ms.waiting_reason, reserved_bytes=hm._hold if hm else 0,
                 )
             )
         wls = tuple(
