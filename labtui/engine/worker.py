@@ -60,6 +60,7 @@ class WorkerLoop:
                 self._wake.clear()
         # shutdown: fail nothing silently. Requests running, queued or not yet picked
         # up end cancelled ("engine closed") with their request_finish event.
+        self._triggers.close()
         while True:
             try:
                 self._enqueue(self._incoming.get_nowait())
@@ -83,6 +84,7 @@ class WorkerLoop:
                 break
             did = True
             self._apply(cmd, fut)
+        did |= self._fire_triggers()
         while True:
             try:
                 req = self._incoming.get_nowait()
@@ -99,7 +101,16 @@ class WorkerLoop:
         if pick is None:
             return did
         self._step(self._models[pick[0]], pick[1])
+        self._fire_triggers()  # between this step and the model's next: exact counts
         return True
+
+    def _fire_triggers(self) -> bool:
+        if not self._triggers:
+            return False
+        due = self._triggers.due(self._models)
+        for a in due:
+            self._apply(a.cmd, a.fut)
+        return bool(due)
 
     def _apply(self, cmd, fut: Future) -> None:
         if callable(cmd):  # an internal call that must see a consistent state (tests)
