@@ -157,3 +157,68 @@ def test_the_check_catches_what_the_old_frozen_engine_showed():
     old = replace(small, layer_cells=CELL_HOST * 8, ledger=replace(small.ledger, accel_weights=100))
     assert model_problems(old)
     assert model_problems(replace(small, layer_cells=CELL_RESIDENT * 8, residency=1.0))
+
+
+BUNDLE_SCN = '''
+[lab]
+name = "preempted-truth"
+timeout_s = 120
+
+[device]
+kind = "sim"
+memory_gib = 1
+
+[[models]]
+id = "A"
+source = "zoo:llama-5m"
+residency = 0.5
+
+[[workloads]]
+model = "A"
+id = "a-job"
+requests = 1
+prompt_tokens = 16
+max_new_tokens = 80
+
+[[timeline]]
+action = "preempt"
+model = "A"
+kv = "swap"
+weights = "disk"
+when = { model = "A", tokens = 10 }
+
+[[timeline]]
+action = "resume"
+model = "A"
+at = 1.5
+'''
+
+
+def test_bundle_metrics_events_and_summary_agree_on_a_preemption(tmp_path):
+    import csv
+    import json
+
+    from labtui.scenario.runner import run_file
+
+    f = tmp_path / "s.toml"
+    f.write_text(BUNDLE_SCN)
+    res = run_file(f, out=tmp_path / "b", progress=False)
+    assert not res.interrupted
+    rows = list(csv.DictReader(open(res.path / "metrics.csv")))
+    paused = [r for r in rows if r["state"] == "preempted"]
+    serving = [r for r in rows if r["state"] == "serving"]
+    assert paused and serving
+    for r in paused:  # the model's weights are on disk: nothing on the accelerator
+        assert (r["resident_layers"], float(r["residency"]), r["paused_weights"], r["paused_kv"]) == (
+            "0", 0.0, "disk", "host")
+        assert int(r["accel_weights_bytes"]) == 0 and int(r["accel_kv_bytes"]) == 0
+        assert r["decode_tok_s"] == ""  # no decode in the window while paused: no rate
+    assert {r["resident_layers"] for r in serving} == {"3"}
+    assert all(r["paused_weights"] == "" for r in serving)
+    ev = [json.loads(x) for x in open(res.path / "events.jsonl")]
+    pre = [e for e in ev if e["kind"] == "preempt"]
+    assert len(pre) == 1 and pre[0]["at_tokens"] == 10 and pre[0]["weights"] == "disk"
+    summ = json.loads((res.path / "summary.json").read_text())
+    eng = summ["runs"][0]["engine"]["models"]["A"]
+    assert eng["served_tok_s"] <= eng["decode_tok_s"]
+    assert eng["preemptions"][0]["at_tokens"] == 10

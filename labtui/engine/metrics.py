@@ -85,6 +85,8 @@ class ModelMetrics:
             return None
         tok, s = self._sum_tok, self._sum_s
         span = min(WINDOW_S, now - self.first_t)
+        if tok == 0 and sum(n for _, n, _ in self._tail) >= MIN_TOKENS:
+            return 0, 0.0, span  # idle or paused for a window: served 0, no decode rate
         if tok < MIN_TOKENS:
             tail = [x for x in self._tail if now - x[0] <= LONG_WINDOW_S]
             if sum(n for _, n, _ in tail) < MIN_TOKENS:

@@ -74,7 +74,10 @@ class SnapshotBuilder:
                     residency=cells.count(CELL_RESIDENT) / len(cells) if cells else 0.0, layer_cells=cells,
                     ledger=hm.ledger() if hm else _EMPTY_LEDGER, queued=len(ms.queue), running=len(rows),
                     completed=m.completed, cancelled=m.cancelled, tokens_generated=m.tokens,
-                    served_tok_s=m.served_tok_s(now), decode_tok_s=m.decode_tok_s(now),
+                    # a preempted model is not decoding: no decode rate ("-"); its served
+                    # rate falls with the wall time it loses
+                    served_tok_s=m.served_tok_s(now),
+                    decode_tok_s=None if ms.state == "preempted" else m.decode_tok_s(now),
                     served_tok_s_history=tuple(m.history),
                     ttft_p50=pct[0], ttft_p95=pct[1], tpot_p50=pct[2], tpot_p95=pct[3],
                     achieved_gbps=m.gbps(now), bytes_per_token=m.bytes_per_token,
