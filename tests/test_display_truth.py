@@ -222,3 +222,22 @@ def test_bundle_metrics_events_and_summary_agree_on_a_preemption(tmp_path):
     eng = summ["runs"][0]["engine"]["models"]["A"]
     assert eng["served_tok_s"] <= eng["decode_tok_s"]
     assert eng["preemptions"][0]["at_tokens"] == 10
+
+
+def test_report_decode_rate_is_the_engines_decode_rate():
+    """stats.run_stats (summary.json's stats, the report) computes decode tok/s from
+    the request_finish events: the same number as the engine's own, batched or not."""
+    from labtui.scenario.stats import run_stats
+
+    with Engine(device="sim", memory_gib=2, link=40.0, host_slowdown=1.0) as e:
+        e.load("zoo:llama-5m", id="a", max_batch=4)
+        reqs = [e.submit("a", PROMPT, max_new_tokens=n) for n in (40, 25, 60)]
+        for r in reqs:
+            assert r.done.wait(120)
+        e.wait_idle(30)
+        m = e.fresh_snapshot().model("a")
+        evs = [{"kind": ev.kind, "t": ev.t, **ev.data} for ev in e.events_since(0)]
+    st = run_stats(evs)["a"]
+    assert m.decode_tokens == sum(n - 1 for n in (40, 25, 60))
+    assert st["decode_tok_s"] == pytest.approx(m.decode_tokens / m.decode_s, rel=1e-3)
+    assert st["served_tok_s"] <= st["decode_tok_s"]

@@ -215,8 +215,8 @@ def model_problems(m: ModelSnapshot) -> list[str]:
             out.append(f"{m.id}: KV swapped to the host but the accelerator holds KV")
         elif p.kv == "drop" and (led.accel_kv or led.host_kv):
             out.append(f"{m.id}: KV dropped but the ledger holds KV")
-        if m.decode_tok_s is not None and m.served_tok_s is None:
-            out.append(f"{m.id}: a decode rate without a served rate")
+        if m.decode_tok_s is not None or m.achieved_gbps:
+            out.append(f"{m.id}: preempted (not decoding) with a decode rate or GB/s")
     elif m.state not in ("preempting", "resuming"):
         if paused:
             out.append(f"{m.id}: {m.state} with parked or released cells")

@@ -80,7 +80,8 @@ class SnapshotBuilder:
                     decode_tok_s=None if ms.state == "preempted" else m.decode_tok_s(now),
                     served_tok_s_history=tuple(m.history),
                     ttft_p50=pct[0], ttft_p95=pct[1], tpot_p50=pct[2], tpot_p95=pct[3],
-                    achieved_gbps=m.gbps(now), bytes_per_token=m.bytes_per_token,
+                    achieved_gbps=0.0 if ms.state == "preempted" else m.gbps(now),
+                    bytes_per_token=m.bytes_per_token,
                     last_text=ms.last_text, last_preemption=ms.last_preemption,
                     decode_tokens=m.decode_tokens, decode_s=m.decode_s,
                 )

@@ -184,6 +184,7 @@ class WorkerLoop:
                 finished = batch.remove_finished()
                 tokens = 1
             else:
+                rows = list(batch.rows)
                 tokens = len(batch)
                 finished = batch.decode_step(ms.eos)
         except Exception as e:
@@ -196,6 +197,9 @@ class WorkerLoop:
         led = hm.ledger()
         bytes_read = hm.weight_bytes() + led.accel_kv + led.host_kv  # gpt-fast's bytes per step
         ms.metrics.on_step(now, tokens, now - t0, bytes_read, decode=(action == "decode"))
+        if action == "decode":
+            for r in rows:
+                r.decode_s += (now - t0) / len(rows)
         hm.sync_reservation(led)
         for req in finished:
             self._finish(ms, req, cancelled=False, reason=req.finish_reason)
@@ -254,6 +258,7 @@ class WorkerLoop:
             prompt_tokens=len(req.prompt_ids), new_tokens=len(req.out_ids), digest=req.digest(),
             ttft_s=_r(req.ttft_s), tpot_s=_r(req.tpot_s), e2e_s=_r(now - req.t_submit),
             queue_s=_r((req.t_start or now) - req.t_submit), paused_s=_r(req.paused_s), reason=req.finish_reason,
+            decode_s=_r(req.decode_s),
         )
         if req.workload and req.workload in self._workloads:
             w = self._workloads[req.workload]
