@@ -48,6 +48,7 @@ from labtui.engine.snapshot import (
 from labtui.engine.snapshots import SnapshotBuilder
 from labtui.engine.state import ModelState
 from labtui.engine.transfer import Link
+from labtui.engine.triggers import Armed, TokenTriggers
 from labtui.engine.worker import WorkerLoop
 from labtui.engine.workload import Workload
 from labtui.errors import LabError, one_line
@@ -120,6 +121,7 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
         self._snap_seq = 0
         self._snapshot = self._build_snapshot()
         self._pending_ids: set[str] = set()  # ids of models being loaded (validation)
+        self._triggers = TokenTriggers()  # commands armed on a token count (worker-owned)
         # Scheduler overhead: time per step outside the model's own prefill/decode
         # (policy, admission, bookkeeping, events, snapshot) vs the step itself.
         self.sched_stats = {"steps": 0, "step_s": 0.0, "overhead_s": 0.0}
@@ -179,6 +181,22 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
         if closed:
             self._emit("refused", command=cmd.action, reason="the engine is closed")
             raise LabError("the engine is closed")
+        self._wake.set()
+        return fut
+
+    def submit_when_tokens(self, cmd: C._Cmd, model: str, tokens: int) -> Future:
+        """Validate ``cmd`` now; the worker applies it right after the step at which
+        ``model`` has generated ``tokens`` tokens in all (``tokens_generated``), before
+        its next step (triggers.py). Cancel the Future to disarm it."""
+        try:
+            self._model(model)
+            self._validate(cmd)
+        except LabError as e:
+            self._emit("refused", command=cmd.action, reason=one_line(e))
+            raise
+        fut: Future = Future()
+        armed = Armed(model, int(tokens), cmd, fut)
+        self.on_worker(lambda: self._triggers.arm(armed))
         self._wake.set()
         return fut
 

@@ -60,6 +60,7 @@ class WorkerLoop:
                 self._wake.clear()
         # shutdown: fail nothing silently. Requests running, queued or not yet picked
         # up end cancelled ("engine closed") with their request_finish event.
+        self._triggers.close()
         while True:
             try:
                 self._enqueue(self._incoming.get_nowait())
@@ -109,6 +110,7 @@ class WorkerLoop:
                 break
             did = True
             self._apply(cmd, fut)
+        did |= self._fire_triggers()
         while True:
             try:
                 req = self._incoming.get_nowait()
@@ -125,7 +127,16 @@ class WorkerLoop:
         if pick is None:
             return did
         self._step(self._models[pick[0]], pick[1])
+        self._fire_triggers()  # between this step and the model's next: exact counts
         return True
+
+    def _fire_triggers(self) -> bool:
+        if not self._triggers:
+            return False
+        due = self._triggers.due(self._models)
+        for a in due:
+            self._apply(a.cmd, a.fut)
+        return bool(due)
 
     def _apply(self, cmd, fut: Future) -> None:
         if callable(cmd):  # an internal call that must see a consistent state (tests)
@@ -210,6 +221,7 @@ class WorkerLoop:
                 finished = batch.remove_finished()
                 tokens = 1
             else:
+                rows = list(batch.rows)
                 tokens = len(batch)
                 finished = batch.decode_step(ms.eos)
         except Exception as e:
@@ -222,6 +234,9 @@ class WorkerLoop:
         led = hm.ledger()
         bytes_read = hm.weight_bytes() + led.accel_kv + led.host_kv  # gpt-fast's bytes per step
         ms.metrics.on_step(now, tokens, now - t0, bytes_read, decode=(action == "decode"))
+        if action == "decode":
+            for r in rows:
+                r.decode_s += (now - t0) / len(rows)
         self._set_plan(ms)  # finished rows release their reservation
         hm.sync_reservation(led)
         for req in finished:
@@ -283,6 +298,7 @@ class WorkerLoop:
             prompt_tokens=len(req.prompt_ids), new_tokens=len(req.out_ids), digest=req.digest(),
             ttft_s=_r(req.ttft_s), tpot_s=_r(req.tpot_s), e2e_s=_r(now - req.t_submit),
             queue_s=_r((req.t_start or now) - req.t_submit), paused_s=_r(req.paused_s), reason=req.finish_reason,
+            decode_s=_r(req.decode_s),
         )
         if req.workload and req.workload in self._workloads:
             w = self._workloads[req.workload]

@@ -380,8 +380,12 @@ class _Sampler:
             t = round(time.monotonic() - self.run.t0, 3)
             rows = [{
                 "t": t, "model": m.id, "state": m.state, "residency": m.residency,
-                "resident_layers": m.resident_layers, "mode": m.mode, "tok_s": m.tok_s,
-                "tok_s_overall": m.tok_s_overall, "tokens": m.tokens_generated,
+                "resident_layers": m.resident_layers, "mode": m.mode,
+                "served_tok_s": m.served_tok_s, "decode_tok_s": m.decode_tok_s,
+                # while preempted: where the weights (host | disk) and KV are
+                "paused_weights": (m.paused_where or ("", ""))[0],
+                "paused_kv": (m.paused_where or ("", ""))[1],
+                "tokens": m.tokens_generated,
                 "accel_weights_bytes": m.ledger.accel_weights, "accel_kv_bytes": m.ledger.accel_kv,
                 "host_bytes": m.ledger.host_total, "queued": m.queued, "running": m.running,
                 "completed": m.completed, "device_used_bytes": snap.device.used_bytes,
