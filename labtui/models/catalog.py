@@ -176,6 +176,7 @@ def _fmt_bytes(n: int) -> str:
 
 def cli_models(args) -> int:
     """`labtui models [--memory-gib G] [--json]`."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -194,7 +195,8 @@ def cli_models(args) -> int:
                           "models": rows, "skipped": skipped}, indent=1))
         return 0
     console = Console(highlight=False)
-    table = Table(title=f"models labtui can load (sim budget {budget / GiB:g} GiB)")
+    table = Table(title=f"models labtui can load (sim budget {budget / GiB:g} GiB)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
     # the source is what you type: never cut it, squeeze the other columns instead
     table.add_column("source", no_wrap=True, min_width=max((len(r["source"]) for r in rows), default=6))
     for col in ("family", "params", "layers", "bytes", "dtype", "on sim", "fits"):
