@@ -1,6 +1,6 @@
 """Devices: the accelerator a model's blocks live on, the host, and the link between.
 
-Two kinds share one interface (DESIGN.md, "Devices"):
+Two kinds share one interface:
 
 - ``cuda``: a real GPU. Memory from NVML and torch's allocator; host copies of
   offloaded weights are pinned; copies are non_blocking on a side stream.

@@ -135,6 +135,7 @@ class WorkerLoop:
             return False
         due = self._triggers.due(self._models)
         for a in due:
+            self._count(commands=1)  # _apply ends it, as for a queued command
             self._apply(a.cmd, a.fut)
         return bool(due)
 
@@ -291,7 +292,9 @@ class WorkerLoop:
             ms.metrics.on_finish(req.ttft_s, req.tpot_s)
             tok = ms.hm.tokenizer if ms.hm else None
             if tok is not None:
-                ms.last_text = tok.decode(req.out_ids[-48:], skip_special_tokens=True)
+                from labtui.models.text import display_text  # no broken UTF-8 at the ends
+
+                ms.last_text = display_text(tok, req.out_ids[-48:])
         now = time.perf_counter()
         self._emit(
             "request_finish", model=ms.id, request=req.id, workload=req.workload,

@@ -1,6 +1,6 @@
 """Result bundles: the folder a run writes, and a reader that survives a killed run.
 
-Layout (DESIGN.md, "Result bundle"):
+Layout (docs/scenarios.md, "Bundle"):
 
 - ``scenario.toml``  the scenario as run (--quick/--device applied, noted on top)
 - ``env.json``       eng.env_info() + labtui version, argv, start time

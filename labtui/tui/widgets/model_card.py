@@ -230,9 +230,12 @@ class ModelCard(Vertical):
 
         text_w = max(10, self.query_one(".card-text", Static).content_size.width or 60)
         last = one_line_text(ms.last_text)
+        # zoo checkpoints have random weights: say so where their noise is shown
+        hint = "random weights: " if ms.source.startswith("zoo:") and last else ""
         shown = Text.assemble(
             ("» ", "dim"),
-            ellipsize(last, text_w - 2) if last else ("(no output yet)", "dim italic"),
+            (hint, "dim italic"),
+            ellipsize(last, text_w - 2 - len(hint)) if last else ("(no output yet)", "dim italic"),
         )
         self._set("text", self.query_one(".card-text", Static), shown)
 
