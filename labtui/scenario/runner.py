@@ -252,7 +252,7 @@ class _Run:
             "stats": run_stats, "engine": engine_summary, "refused": refused, "warnings": warnings,
         })
         self.state.warnings += [f"point {point.index} rep {rep}: {w}" for w in refused + warnings]
-        tok = ", ".join(f"{m} {s['decode_tok_s']:.1f} tok/s" for m, s in run_stats.items()
+        tok = ", ".join(f"{m} {s['decode_tok_s']:.1f} decode tok/s" for m, s in run_stats.items()
                         if s.get("decode_tok_s"))
         self.progress.line(f"  done in {wall:.1f}s{': ' + tok if tok else ''}")
 
