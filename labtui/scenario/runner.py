@@ -54,7 +54,7 @@ def cli_run(args: Any) -> int:
         print(check_line(scn, quick=getattr(args, "quick", False)))
         return 0
     res = run_scenario(scn, out=args.out, device=args.device, quick=args.quick,
-                       argv=["labtui", *sys.argv[1:]])
+                       argv=["labtui", *sys.argv[1:]], profile=getattr(args, "profile", None))
     if res.interrupted:
         print(f"labtui: interrupted; partial results in {res.path}", file=sys.stderr)
         return 130
@@ -90,11 +90,18 @@ def run_scenario(
     argv: list[str] | None = None,
     progress: bool = True,
     engine_factory: Callable[..., Any] | None = None,
+    profile: str | None = None,
 ) -> RunResult:
     run_scn = apply_quick(scn) if quick else scn
-    if device is not None:
+    if device is not None or profile is not None:
         data = run_scn.model_dump(mode="python")
-        data["device"]["kind"] = device
+        if device is not None:
+            data["device"]["kind"] = device
+        if profile is not None:  # --profile: validated like [device].profile, one line if unknown
+            from labtui.engine.profiles import get_profile
+
+            get_profile(profile)
+            data["device"]["profile"] = profile
         run_scn = run_scn.with_updates(data)
     points = expand(run_scn)
     writer = BundleWriter(out if out is not None else default_out(run_scn.name))
@@ -133,7 +140,8 @@ class _Run:
                   f"command: {' '.join(self.argv) or 'run_scenario()'}\n"
                   f"from: {self.scn.path}\n"
                   + ("--quick applied: shorter workloads, fewer sweep points, one repetition\n" if self.quick else "")
-                  + (f"--device {self.device} applied to [device].kind\n" if self.device else ""))
+                  + (f"--device {self.device} applied to [device].kind\n" if self.device else "")
+                  + (f"profile: {self.scn.device.profile}\n" if self.scn.device.profile else ""))
         self.writer.write_text("scenario.toml", scenario_to_toml(self.scn, header=header))
         self.writer.on_fail = lambda e: setattr(self.state, "stop", "write_failed")
         old = self._install_sigint()
@@ -211,7 +219,7 @@ class _Run:
         snap = eng.snapshot()
         self.phase = "run"
         self._runner_line("point_start", values=point.values, label=point.label(),
-                          device=_device_info(snap), models=_models_info(snap))
+                          device=_device_info(snap, eng), models=_models_info(snap))
         t_point = time.monotonic()
         played = play_timeline(
             scn, eng, stop=lambda: self.state.stop is not None,
@@ -379,11 +387,13 @@ class _Sampler:
             self.run.writer.metric_rows(rows)
 
 
-def _device_info(snap: Any) -> dict:
+def _device_info(snap: Any, eng: Any = None) -> dict:
     d = snap.device
+    prof = getattr(getattr(eng, "device", None), "profile", None)
     return {"kind": d.kind, "name": d.name, "simulated": d.simulated, "link": d.link,
             "link_gbps": d.link_gbps, "link_latency_us": d.link_latency_us,
-            "host_slowdown": d.host_slowdown, "budget_bytes": d.budget_bytes}
+            "host_slowdown": d.host_slowdown, "budget_bytes": d.budget_bytes,
+            "profile": prof.name if prof is not None else None}
 
 
 def _models_info(snap: Any) -> dict:

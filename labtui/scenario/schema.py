@@ -94,8 +94,21 @@ class DeviceTable(_Strict):
     memory_gib: float | None = Field(None, gt=0)
     link: str | float = "pcie4-x16"
     host_slowdown: float = Field(4.0, ge=1.0)
+    profile: str | None = None  # a hardware profile for sim (labtui/engine/profiles.py)
 
     _link = field_validator("link", mode="before")(classmethod(lambda cls, v: _check_link(v)))
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str | None) -> str | None:
+        if v is not None:
+            from labtui.engine.profiles import get_profile
+
+            try:
+                get_profile(v)
+            except LabError as e:
+                raise ValueError(str(e)) from None
+        return v
 
     def engine_kwargs(self, kind_override: str | None = None) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -105,6 +118,8 @@ class DeviceTable(_Strict):
         }
         if self.memory_gib is not None:
             kw["memory_gib"] = self.memory_gib
+        if self.profile is not None:
+            kw["profile"] = self.profile
         return kw
 
 
