@@ -35,6 +35,41 @@ METRICS_COLUMNS = (
 SAMPLE_S = 0.25
 
 
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LABTUI_THREADS",
+              "TORCH_NUM_THREADS")
+
+
+def thread_settings() -> dict[str, Any]:
+    """What decides CPU compute speed on this run (for env.json): torch's intra-
+    and inter-op threads, the thread env variables, the CPUs this process may use
+    and the load average when the run began (other work on the machine is noise)."""
+    out: dict[str, Any] = {"cpu_count": os.cpu_count(),
+                           "env": {k: os.environ.get(k) for k in THREAD_ENV}}
+    try:
+        out["affinity_cpus"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on every platform
+        out["affinity_cpus"] = None
+    try:
+        out["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        out["loadavg"] = None
+    try:
+        import torch
+
+        out["torch_num_threads"] = torch.get_num_threads()
+        out["torch_num_interop_threads"] = torch.get_num_interop_threads()
+    except ImportError:
+        pass
+    return out
+
+
+def loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def _json_default(o: Any) -> Any:
     if hasattr(o, "__dataclass_fields__"):
         from dataclasses import asdict

@@ -25,12 +25,19 @@ import labtui
 from labtui.engine.commands import LaunchWorkload
 from labtui.errors import LabError, one_line
 from labtui.scenario import stats as _stats
-from labtui.scenario.bundle import SAMPLE_S, BundleWriter
+from labtui.scenario.bundle import SAMPLE_S, BundleWriter, loadavg, thread_settings
 from labtui.scenario.player import POLL_S, load_models, play_timeline
 from labtui.scenario.progress import Progress
 from labtui.scenario.recorder import scenario_to_toml
 from labtui.scenario.schema import Scenario, load_scenario
-from labtui.scenario.sweep import SweepPoint, apply_quick, expand, repeat_count, warmup_tokens
+from labtui.scenario.sweep import (
+    SweepPoint,
+    apply_quick,
+    expand,
+    protocol,
+    repeat_count,
+    warmup_tokens,
+)
 
 __all__ = ["RunResult", "check_line", "cli_run", "play_timeline", "run_file", "run_scenario"]
 
@@ -116,6 +123,7 @@ class _Run:
         self.writer: BundleWriter = writer
         self.quick, self.device, self.argv = quick, device, argv
         self.reps = repeat_count(scn)
+        self.protocol = protocol(scn)
         self.warmup = warmup_tokens(scn)
         self.state = _RunState()
         self.progress = Progress(f"labtui run {scn.name}", enabled=progress)
@@ -148,11 +156,7 @@ class _Run:
         self._sampler.start()
         try:
             with self.progress:
-                for point in self.points:
-                    for rep in range(self.reps):
-                        if self.state.stop:
-                            break
-                        self._run_point(point, rep)
+                self._run_rounds()
         except LabError as e:
             self.error = str(e)
             raise
@@ -174,6 +178,29 @@ class _Run:
                 # nothing more can be recorded: one line, and the run stops here
                 raise LabError(self.writer.failure_message())
         return RunResult(self.writer.path, summary, self.state.stop == "interrupted")
+
+    def _run_rounds(self) -> None:
+        """Every point once per round, rounds until each point has what the
+        protocol asks (stats.Protocol). Interleaving the points, rather than
+        repeating one point back to back, spreads slow drifts of the machine
+        (other load, thermals) over all points instead of biasing some."""
+        done = {p.index: 0 for p in self.points}
+        measured = dict.fromkeys(done, 0.0)
+        samples: dict[int, dict[str, list[float]]] = {i: {} for i in done}
+        active = list(self.points)
+        while active and not self.state.stop:
+            for point in active:
+                if self.state.stop:
+                    break
+                self._run_point(point, done[point.index])
+                done[point.index] += 1
+                r = self.runs[-1]
+                measured[point.index] += r["wall_s"]
+                for m, st in r["stats"].items():
+                    if st.get("decode_tok_s"):
+                        samples[point.index].setdefault(m, []).append(st["decode_tok_s"])
+            active = [p for p in active
+                      if self.protocol.needs_more(samples[p.index], measured[p.index], done[p.index])]
 
     def _install_sigint(self):
         if threading.current_thread() is not threading.main_thread():
@@ -205,7 +232,8 @@ class _Run:
         self._engine_errors = []
         refused: list[str] = []
         warnings: list[str] = []
-        head = f"point {point.index + 1}/{len(self.points)} rep {rep + 1}/{self.reps} · {point.label()}"
+        of = f"{self.reps}" if not self.protocol.adaptive else f"{self.reps}-{self.protocol.max_repeat}"
+        head = f"point {point.index + 1}/{len(self.points)} rep {rep + 1}/{of} · {point.label()}"
         self.progress.head = head
         self.progress.line(head)
         started = time.monotonic()
@@ -219,7 +247,7 @@ class _Run:
         snap = eng.snapshot()
         self.phase = "run"
         self._runner_line("point_start", values=point.values, label=point.label(),
-                          device=_device_info(snap, eng), models=_models_info(snap))
+                          device=_device_info(snap, eng), models=_models_info(snap), loadavg=loadavg())
         t_point = time.monotonic()
         played = play_timeline(
             scn, eng, stop=lambda: self.state.stop is not None,
@@ -317,7 +345,8 @@ class _Run:
         env.update(labtui_version=labtui.__version__, argv=self.argv,
                    started=self.started.isoformat(timespec="seconds"),
                    hostname=platform.node(), python=platform.python_version(),
-                   scenario=str(self.scn.path), quick=self.quick, device_override=self.device)
+                   scenario=str(self.scn.path), quick=self.quick, device_override=self.device,
+                   threads=thread_settings(), profile=self.scn.device.profile)
         self.writer.write_json("env.json", env)
         self.env_written = True
 
@@ -336,6 +365,10 @@ class _Run:
             "quick": self.quick,
             "device_override": self.device,
             "repeat": self.reps,
+            "protocol": {"min_repeat": self.protocol.min_repeat, "max_repeat": self.protocol.max_repeat,
+                         "min_seconds": self.protocol.min_seconds,
+                         "ci_rel_width": self.protocol.ci_rel_width},
+            "runs_max": len(self.points) * self.protocol.max_repeat,
             "warmup_tokens": self.warmup,
             "axes": self.scn.sweep.axes() if self.scn.sweep else {},
             "runs_planned": len(self.points) * self.reps,

@@ -192,8 +192,14 @@ class Sweep(_Strict):
     pause_after_tokens: list[Annotated[int, Field(ge=0)]] | None = None
     weights: list[WeightsPolicy] | None = None
     kv: list[KVPolicy] | None = None
-    repeat: int | None = Field(None, ge=1, le=100)
+    repeat: int | None = Field(None, ge=1, le=100)  # at least this many repetitions per point
     warmup_tokens: int | None = Field(None, ge=0, le=4096)
+    # measurement protocol (labtui/scenario/stats.py Protocol): repeat a point until
+    # its timed runs add up to min_seconds and the 95% CI of the median decode tok/s
+    # is within +/- ci_rel_width, at most max_repeat times
+    min_seconds: float | None = Field(None, ge=0, le=3600)
+    max_repeat: int | None = Field(None, ge=1, le=100)
+    ci_rel_width: float | None = Field(None, gt=0, le=1)
 
     @field_validator("link", mode="before")
     @classmethod
@@ -204,6 +210,9 @@ class Sweep(_Strict):
     def _axes_ok(self) -> Sweep:
         if self.residency is not None and self.layers is not None:
             raise ValueError("give residency (fractions) or layers (counts), not both")
+        if self.max_repeat is not None and self.repeat is not None and self.max_repeat < self.repeat:
+            raise ValueError(f"max_repeat {self.max_repeat} is below repeat {self.repeat}; "
+                             "accepted: max_repeat >= repeat (repeat is the minimum)")
         for name in AXES:
             v = getattr(self, name)
             if v is not None and len(v) == 0:
