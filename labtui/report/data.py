@@ -37,6 +37,7 @@ class Run:
     preempts: list[dict] = field(default_factory=list)
     moves: list[dict] = field(default_factory=list)  # layer_move events
     ended: bool = False  # a point_end line was written
+    cpu_other: float | None = None  # share of the machine's CPU other processes used meanwhile
 
     def key(self) -> tuple:
         return (self.bundle, self.point, self.rep)
@@ -63,6 +64,7 @@ def runs_of(b: Bundle) -> list[Run]:
         r.stats = run_stats(evs)
         r.ended = k in ends
         r.finished = bool(ends.get(k, {}).get("finished"))
+        r.cpu_other = ends.get(k, {}).get("cpu_other")
         r.resumes = [e for e in evs if e.get("kind") == "resume"]
         r.preempts = [e for e in evs if e.get("kind") == "preempt"]
         r.moves = [e for e in evs if e.get("kind") == "layer_move"]
@@ -211,7 +213,7 @@ def _pair_label(r: Run) -> str:
 
 POINT_COLUMNS = ("bundle", "point", "model", "params", "offload", "residency", "resident_layers",
                  "prefetch", "link_gbps", "profile", "max_new_tokens", "rep", "decode_tok_s",
-                 "served_tok_s", "ttft_s", "tpot_s")
+                 "served_tok_s", "ttft_s", "tpot_s", "cpu_other")
 PREEMPTION_COLUMNS = ("bundle", "point", "rep", "model", "kv", "weights", "at_tokens", "kv_out_s",
                       "release_s", "reload_s", "kv_in_s", "recompute_s", "total_s", "reload_bytes",
                       "kv_bytes", "profile")
@@ -238,7 +240,7 @@ def point_rows(runs: list[Run]) -> list[dict]:
                 "profile": r.device.get("profile"), "max_new_tokens": max_new_tokens_of(r, m),
                 "rep": r.rep, "decode_tok_s": st.get("decode_tok_s"),
                 "served_tok_s": st.get("throughput_tok_s"), "ttft_s": st.get("ttft_p50"),
-                "tpot_s": st.get("tpot_p50"),
+                "tpot_s": st.get("tpot_p50"), "cpu_other": r.cpu_other,
             })
     return rows
 

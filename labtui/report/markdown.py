@@ -81,13 +81,19 @@ def points(runs: list[Run]) -> str:
             acc[k]["dec"].append(st.get("decode_tok_s"))
             acc[k]["thr"].append(st.get("throughput_tok_s"))
             acc[k]["ttft"].append(st.get("ttft_p50"))
+            acc[k]["cpu"].append(r.cpu_other)
     rows = []
     for (b, p, label, m), d in sorted(acc.items(), key=lambda kv: kv[0][:2]):
         dec = median_ci(d["dec"])
         rows.append([b, p, label, m, ci(dec), _rel(dec), ci(median_ci(d["thr"])),
-                     ci(median_ci(d["ttft"]), 3), len(d["dec"])])
+                     ci(median_ci(d["ttft"]), 3), len(d["dec"]), _cpu(d["cpu"])])
     return table(["bundle", "point", "values", "model", "decode tok/s", "CI ±", "served tok/s",
-                  "TTFT p50 s", "reps"], rows)
+                  "TTFT p50 s", "reps", "other CPU load"], rows)
+
+
+def _cpu(xs: list) -> str:
+    xs = [x for x in xs if x is not None]
+    return f"{100 * statistics.median(xs):.0f}%" if xs else "-"
 
 
 def _rel(d: dict) -> str:

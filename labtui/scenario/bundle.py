@@ -63,6 +63,34 @@ def thread_settings() -> dict[str, Any]:
     return out
 
 
+class CpuShare:
+    """The share of the machine's CPU time that went to *other* processes while a
+    point ran (0..1): contention from outside this run, the main source of noise
+    on a shared machine. /proc/stat counts every process on the machine, also
+    ones this process cannot list, which loadavg in a container may not."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._p = psutil.Process()
+        self._g0, self._p0 = self._read()
+
+    def _read(self) -> tuple:
+        import psutil
+
+        g = psutil.cpu_times()
+        busy = sum(getattr(g, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+        pt = self._p.cpu_times()
+        return (busy, busy + g.idle + getattr(g, "iowait", 0.0)), pt.user + pt.system
+
+    def other(self) -> float | None:
+        (b1, t1), p1 = self._read()
+        (b0, t0), p0 = self._g0, self._p0
+        if t1 - t0 <= 0:
+            return None
+        return round(max(0.0, min(1.0, ((b1 - b0) - (p1 - p0)) / (t1 - t0))), 3)
+
+
 def loadavg() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)

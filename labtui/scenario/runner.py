@@ -25,7 +25,7 @@ import labtui
 from labtui.engine.commands import LaunchWorkload
 from labtui.errors import LabError, one_line
 from labtui.scenario import stats as _stats
-from labtui.scenario.bundle import SAMPLE_S, BundleWriter, loadavg, thread_settings
+from labtui.scenario.bundle import SAMPLE_S, BundleWriter, CpuShare, loadavg, thread_settings
 from labtui.scenario.player import POLL_S, load_models, play_timeline
 from labtui.scenario.progress import Progress
 from labtui.scenario.recorder import scenario_to_toml
@@ -249,6 +249,7 @@ class _Run:
         self._runner_line("point_start", values=point.values, label=point.label(),
                           device=_device_info(snap, eng), models=_models_info(snap), loadavg=loadavg())
         t_point = time.monotonic()
+        cpu = CpuShare()
         played = play_timeline(
             scn, eng, stop=lambda: self.state.stop is not None,
             on_error=lambda msg: self.progress.line(msg, "yellow"),
@@ -269,12 +270,14 @@ class _Run:
             engine_summary = {"error": one_line(e)}
         run_stats = _stats.run_stats(self._timed_events)
         warnings += self._engine_errors[:20]
+        cpu_other = cpu.other()
         self._runner_line("point_end", wall_s=wall, finished=finished, stats=run_stats,
+                          cpu_other=cpu_other,
                           refused=refused, warnings=warnings)
         self._close_engine()
         self.runs.append({
             "point": point.index, "rep": rep, "label": point.label(), "values": point.values,
-            "wall_s": wall, "setup_s": t_point - started, "finished": finished,
+            "wall_s": wall, "setup_s": t_point - started, "finished": finished, "cpu_other": cpu_other,
             "stats": run_stats, "engine": engine_summary, "refused": refused, "warnings": warnings,
         })
         self.state.warnings += [f"point {point.index} rep {rep}: {w}" for w in refused + warnings]
