@@ -22,10 +22,11 @@ sizes moved, else latency 0 and B their effective rate). Storage comes from
 the bundle's disk reloads, fitted the same way: that term is calibrated on the
 very reloads it predicts (in-sample), and the report says so.
 
-Sign of the error: the resident step folds embedding and head into c, so the
-streamed share of a step is over-counted and stream predictions err slow
-(positive); host blocks calibrated at 0% include the same folding and err
-slightly fast. The report states the measured mean signed error per row.
+Sign of the error: measured, and stated per row in the report (mean signed
+error; positive = predicts slower). Expected biases: c folds embedding and head
+into the blocks, so with few blocks resident the compute term is too large
+(stream predictions slower than measured when compute-bound); a link fitted on
+one copy size has latency 0, so many small copies are predicted too fast.
 
 ``profile_predictions`` applies a hardware profile's physics
 (labtui/engine/profiles.py) to the measured models' sizes: what the target
