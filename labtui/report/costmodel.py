@@ -14,7 +14,7 @@ Decode time per token of a model with k of n decoder blocks resident:
 
 After a preemption: reload with weights=host = (n+1) copies over the link
 (blocks, and the rest as one); with weights=disk = storage fixed cost + bytes /
-storage GB/s; KV in = 2n copies (K and V of every layer) over the link.
+storage GB/s; KV in = n copies (one per layer, as the engine moves it) over the link.
 
 The link (B and the per-copy latency) is fitted per run to its own layer_move
 events, seconds = latency + bytes / B (least squares when copies of several
@@ -87,6 +87,10 @@ def link_fit(r: Run) -> tuple[float, float] | None:
     """(latency s, GB/s) of this run's host->accelerator copies (weights and KV)."""
     moves = [e for e in r.moves if e.get("direction") == "h2d" and e.get("bytes") and e.get("seconds")
              and (isinstance(e.get("layer"), int))]
+    # a model's first load writes freshly allocated memory (page faults), slower
+    # than the link's pacing: fit on the other copies when there are any
+    warm = [e for e in moves if e.get("reason") != "load"]
+    moves = warm or moves
     fit = fit_fixed_rate([e["bytes"] for e in moves], [e["seconds"] for e in moves])
     if fit is not None:
         return fit
@@ -174,7 +178,7 @@ def reload_predictions(runs: list[Run]) -> list[dict]:
                     continue
                 pred, how = st[0] + nbytes / (st[1] * 1e9), "storage (in-sample fit)"
             else:
-                copies = n + 1 if phase == "reload" else 2 * n
+                copies = n + 1 if phase == "reload" else n  # blocks + the rest; one KV copy per layer
                 pred = copies * lat + nbytes / (gbps * 1e9)
             out.append({**row, "phase": phase, "bytes": nbytes, "gbps": gbps, "how": how,
                         "predicted_s": pred, "measured_s": row[f"{phase}_s"]})
