@@ -148,3 +148,40 @@ def test_cli_profiles_and_run_profile(capsys):
     assert main(["run", "default", "--profile", "nope", "--out", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown profile 'nope'" in err
+
+
+def test_a_run_under_a_profile_records_it_and_the_report_predicts_the_target(tmp_path):
+    from labtui.report import build_report
+    from labtui.scenario.runner import run_scenario
+
+    scn = parse_scenario('[lab]\nname = "p"\ntimeout_s = 60\n[device]\nkind = "sim"\nmemory_gib = 1\n'
+                         '[[models]]\nid = "A"\nsource = "zoo:llama-5m"\n[[workloads]]\nmodel = "A"\n'
+                         'requests = 1\nprompt_tokens = 8\nmax_new_tokens = 6\n'
+                         '[sweep]\nresidency = [0.0, 0.5, 1.0]\n')
+    res = run_scenario(scn, out=tmp_path / "b", progress=False, profile="study-rtx5000ada")
+    env = json.loads((res.path / "env.json").read_text())
+    assert env["profile"] == "study-rtx5000ada" and env["device"]["profile"] == "study-rtx5000ada"
+    starts = [json.loads(x) for x in (res.path / "events.jsonl").read_text().splitlines()
+              if '"point_start"' in x]
+    assert len(starts) == 3 and all(s["device"]["profile"] == "study-rtx5000ada" for s in starts)
+    assert "profile: study-rtx5000ada" in (res.path / "scenario.toml").read_text()
+    out = build_report([str(res.path)], tmp_path / "rep")
+    md = (out / "report.md").read_text()
+    assert "## As on the profile (predicted, emulated)" in md
+    svg = (out / "normalised_vs_residency.svg").read_text()
+    assert "predicted on study-rtx5000ada, stream" in svg and "(emulated)" in svg
+    # the predicted value at 0% resident is the profile's physics on the model's bytes
+    from labtui.report.costmodel import block_bytes, profile_predictions
+    from labtui.report.data import runs_of
+    from labtui.scenario.bundle import read_bundle
+
+    runs = runs_of(read_bundle(res.path))
+    (zero,) = [p for p in profile_predictions(runs) if p["residency"] == 0.0]
+    phys = BUILTINS["study-rtx5000ada"].physics
+    info = runs[0].models["A"]
+    w, n = info["params"] * 4, info["n_layers"]
+    b = block_bytes(runs)[(runs[0].bundle, "zoo:llama-5m")]
+    step = phys.stream_step_s(w / (576 * GB), n * b, n, prefetch=True)
+    assert zero["predicted_norm"] == pytest.approx((w / (576 * GB)) / step)
+    assert zero["predicted_norm"] < 0.2  # on the target, streaming every block is link-bound
+    assert zero["dilation"] > 1  # this CPU is slower than the GPU it stands for

@@ -128,11 +128,29 @@ def residency_figure(by_bundle: dict[str, list[Run]], out: Path, norm: bool) -> 
         if norm:
             ax.axhline(1.0, color="grey", lw=0.5)
             ax.plot([0, 100], [0, 1], color="grey", lw=0.5, ls=":", label="linear in residency")
+            _profile_curves(ax, by_bundle, src)
             ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
         _stamp(ax, "\n".join(f"{b}: {setup_label(by_bundle[b])}" for b in data))
     return _save(fig, out, "normalised_vs_residency" if norm else "tok_s_vs_residency")
+
+
+def _profile_curves(ax, by_bundle: dict[str, list[Run]], src: str) -> None:
+    """The profile's predicted normalised curve (cost model on the target's
+    physics), thin and dashed: what the emulated hardware should show."""
+    from labtui.report.costmodel import profile_predictions
+
+    acc: dict[tuple, dict[float, float]] = defaultdict(dict)
+    for rs in by_bundle.values():
+        for p in profile_predictions(rs):
+            if p["model"] == src:
+                acc[(p["profile"], p["mode"])][p["residency"]] = p["predicted_norm"]
+    for (prof, mode), pts in sorted(acc.items()):
+        if len(pts) > 1:
+            xs = sorted(pts)
+            ax.plot([100 * x for x in xs], [pts[x] for x in xs], color="black", lw=0.8, ls="--",
+                    alpha=0.7, label=f"predicted on {prof}, {mode} (cost model)")
 
 
 def size_figure(by_bundle: dict[str, list[Run]], out: Path) -> str | None:
