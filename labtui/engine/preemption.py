@@ -59,13 +59,9 @@ def preempt(hm: HostedModel, batch: Batch, kv: str, weights: str) -> PhaseReport
 
 
 def resume_cost(hm: HostedModel, report: PhaseReport) -> int:
-    """Accelerator bytes a resume will take."""
-    need = hm.rest.nbytes + sum(hm.blocks[i].nbytes for i in hm.resident_set())
-    offl = [i for i in range(hm.n_layers) if i not in hm.resident_set()]
-    need += hm._window_bytes(offl, hm.mode)
-    if report.kv == "swap":
-        need += sum(hm._kv_bytes(i) for i in range(hm.n_layers) if not hm.kv_on_host(i))
-    return need
+    """Accelerator bytes a resume will take: the placement it had, plus its KV if it
+    was swapped out (kept KV never left; dropped KV is recomputed step by step)."""
+    return hm.placement_bytes(hm.resident_set(), hm.mode, kv=report.kv == "swap")
 
 
 def resume(hm: HostedModel, batch: Batch, report: PhaseReport, t_preempt: float) -> PhaseReport:

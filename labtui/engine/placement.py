@@ -1,0 +1,194 @@
+"""Placement of a hosted model's units: which blocks are resident on the accelerator
+and which are offloaded (``stream`` or ``host``), the bytes a placement needs
+(computed here, once: ``placement_bytes``), weight moves across the link, and
+parking the weights on the host or releasing them for a disk reload (preemption).
+
+Mixed into ``HostedModel``; runs on the engine's worker thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from labtui.engine.snapshot import CELL_HOST, CELL_MOVING, CELL_RESIDENT, CELL_STREAM
+from labtui.engine.transfer import D2H, H2D
+from labtui.engine.units import Unit
+from labtui.errors import LabError
+
+RESIDENT, STREAM, HOST = "resident", "stream", "host"
+
+
+class Placement:
+    """Where each unit's weights live, and moving them."""
+
+    def initial_place(self, resident: set[int], mode: str) -> None:
+        """Move the embedding/head and the resident blocks to the accelerator."""
+        self.mode = mode
+        need = self.placement_bytes(resident, mode)
+        self.device.check_fits(need, f"loading {self.id} at {len(resident)}/{self.n_layers} layers")
+        self._move_weights(self.rest, to_accel=True, reason="load")
+        for i in range(self.n_layers):
+            if i in resident:
+                self._move_weights(self.blocks[i], to_accel=True, reason="load", layer=i)
+                self.placement[i] = RESIDENT
+            else:
+                self.placement[i] = mode
+        self._refresh_hooks()
+        self.sync_reservation()
+
+    def resident_set(self) -> set[int]:
+        return {i for i, p in enumerate(self.placement) if p == RESIDENT}
+
+    @property
+    def residency(self) -> float:
+        return len(self.resident_set()) / self.n_layers if self.n_layers else 1.0
+
+    def layers_for_fraction(self, fraction: float) -> set[int]:
+        """First k blocks resident, as llama.cpp's -ngl: k = round(fraction x layers)."""
+        k = int(round(fraction * self.n_layers + 1e-9))
+        return set(range(k))
+
+    def validate_layers(self, layers: Iterable[int]) -> set[int]:
+        bad = [i for i in layers if not 0 <= i < self.n_layers]
+        if bad:
+            raise LabError(
+                f"{self.id} has no layer {bad[0]}; accepted: block indices 0..{self.n_layers - 1}"
+            )
+        return set(layers)
+
+    def placement_bytes(self, resident: set[int], mode: str, kv: bool = False) -> int:
+        """Accelerator bytes a placement needs: the embedding/head, the resident
+        blocks and the stream window; with ``kv``, also the KV cache of every block
+        that executes on the accelerator. The one place this sum is made (load,
+        residency changes, resume and make-room all ask here)."""
+        offl = [i for i in range(self.n_layers) if i not in resident]
+        need = self.rest.nbytes + sum(self.blocks[i].nbytes for i in resident)
+        need += self._window_bytes(offl, mode)
+        if kv:
+            need += sum(self._kv_bytes(i) for i in range(self.n_layers) if not (i in offl and mode == HOST))
+        return need
+
+    def plan_cost(self, resident: set[int], mode: str) -> int:
+        """Accelerator bytes the placement would add (negative: frees)."""
+        return self.placement_bytes(resident, mode, kv=True) - self.ledger().accel_total
+
+    def set_placement(self, resident: set[int], mode: str, reason: str = "residency") -> None:
+        """Move blocks so that exactly ``resident`` live on the accelerator and the rest
+        are offloaded in ``mode``. Checks the budget first: nothing moves on refusal."""
+        if self.weights_released:
+            raise LabError(f"{self.id} is preempted; resume it before changing its residency")
+        extra = self.plan_cost(resident, mode)
+        if extra > 0:
+            self.device.check_fits(extra, f"placing {self.id} at {len(resident)}/{self.n_layers} layers ({mode})")
+        target = [RESIDENT if i in resident else mode for i in range(self.n_layers)]
+        self.drain_prefetch()
+        self._remove_hooks()
+        # Offloads first (they free accelerator memory), then loads.
+        order = [i for i in range(self.n_layers) if target[i] != RESIDENT] + [
+            i for i in range(self.n_layers) if target[i] == RESIDENT
+        ]
+        for i in order:
+            old, new = self.placement[i], target[i]
+            if old == new:
+                continue
+            self.moving.add(i)
+            self.publish()
+            try:
+                if old == RESIDENT:
+                    self._move_weights(self.blocks[i], to_accel=False, reason=reason, layer=i)
+                elif new == RESIDENT:
+                    self._move_weights(self.blocks[i], to_accel=True, reason=reason, layer=i)
+                if (old == HOST) != (new == HOST):  # KV follows where the block executes
+                    self._move_kv(i, to_accel=(new != HOST), reason=reason)
+                self.placement[i] = new
+            finally:
+                self.moving.discard(i)
+            self.sync_reservation()
+        self.mode = mode
+        self._refresh_hooks()
+        self.sync_reservation()
+        self.publish()
+
+    def _window_bytes(self, offloaded: list[int], mode: str) -> int:
+        """Accelerator buffers for streamed weights: the block computing plus prefetches."""
+        if mode != STREAM or not offloaded:
+            return 0
+        depth = min(len(offloaded), self.prefetch_depth if self.prefetch else 1)
+        return depth * max(self.blocks[i].nbytes for i in offloaded)
+
+    def _move_weights(self, unit: Unit, to_accel: bool, reason: str, layer: int | None = None) -> None:
+        direction = H2D if to_accel else D2H
+        src = unit.host_buf if to_accel else unit.accel_buf
+        assert src is not None, f"{unit.name}: no source copy to move"
+        moved = self.link.copy(src, direction)
+        if to_accel:
+            unit.accel_buf, unit.host_buf = moved.tensor, None
+        else:
+            unit.host_buf, unit.accel_buf = moved.tensor, None
+        unit.bind(moved.tensor)
+        self.emit(
+            "layer_move",
+            model=self.id,
+            layer=layer if layer is not None else unit.name,
+            what="weights",
+            direction=direction,
+            bytes=moved.nbytes,
+            seconds=round(moved.seconds, 6),
+            gbps=round(moved.gbps, 3),
+            reason=reason,
+        )
+
+    def layer_cells(self) -> str:
+        code = {RESIDENT: CELL_RESIDENT, STREAM: CELL_STREAM, HOST: CELL_HOST}
+        return "".join(CELL_MOVING if i in self.moving else code[p] for i, p in enumerate(self.placement))
+
+    def weight_bytes(self) -> int:
+        if self._weight_bytes is None:
+            self._weight_bytes = self.rest.nbytes + sum(b.nbytes for b in self.blocks)
+        return self._weight_bytes
+
+    def release_weights(self, to: str, reason: str = "preempt") -> tuple[int, float]:
+        """Free the accelerator's copy of every unit; ``to='host'`` keeps a host copy
+        (moved over the link), ``to='disk'`` drops the weights entirely."""
+        self.drain_prefetch()
+        self._remove_hooks()
+        moved_b, t0 = 0, time.perf_counter()
+        units = [self.rest, *self.blocks]
+        if to == "host":
+            for u in units:
+                if u.accel_buf is not None:
+                    self._move_weights(u, to_accel=False, reason=reason, layer=u.index if u.index is not None else None)
+                    moved_b += u.nbytes
+        else:
+            for u in units:
+                moved_b += u.nbytes if u.accel_buf is not None else 0
+                # Non-persistent buffers (rotary inv_freq) are not in the checkpoint:
+                # keep standalone copies of those few KiB; everything else is freed.
+                u.kept = {k: t.detach().to("cpu", copy=True) for k, (sl, t) in enumerate(zip(u.slots, u.tensors(), strict=True)) if not sl.persistent}
+                u.accel_buf = None
+                u.host_buf = None
+                self._unbind_to_placeholder(u)
+            self.weights_released = True
+        self._paused_window = True
+        self.device.synchronize()
+        self.device.empty_cache()
+        self.sync_reservation()
+        return moved_b, time.perf_counter() - t0
+
+    def reload_weights(self, from_: str, reason: str = "resume") -> tuple[int, float]:
+        """Bring resident units back to the accelerator, from host RAM or the checkpoint."""
+        t0 = time.perf_counter()
+        if from_ == "disk" and self.weights_released:
+            self._read_checkpoint()
+            self.weights_released = False
+        moved_b = 0
+        for u in [self.rest, *self.blocks]:
+            on_accel = u.index is None or self.placement[u.index] == RESIDENT
+            if on_accel and u.accel_buf is None:
+                self._move_weights(u, to_accel=True, reason=reason, layer=u.index)
+                moved_b += u.nbytes
+        self._paused_window = False
+        self._refresh_hooks()
+        self.sync_reservation()
+        return moved_b, time.perf_counter() - t0

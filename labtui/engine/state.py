@@ -1,0 +1,36 @@
+"""Worker-owned state of one hosted model (only the worker thread mutates it).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from labtui.engine.decode import Batch
+from labtui.engine.hosted import HostedModel
+from labtui.engine.metrics import ModelMetrics
+from labtui.engine.snapshot import PhaseReport
+
+
+@dataclass(eq=False)
+class ModelState:
+    """Worker-owned state of one hosted model."""
+
+    id: str
+    source: str
+    priority: int
+    max_batch: int
+    hm: HostedModel | None = None
+    batch: Batch | None = None
+    queue: deque = field(default_factory=deque)
+    state: str = "loading"
+    metrics: ModelMetrics = field(default_factory=ModelMetrics)
+    preemption: PhaseReport | None = None  # the open one, while preempted
+    t_preempt: float = 0.0
+    auto_preempted: bool = False
+    last_preemption: PhaseReport | None = None
+    preemptions: list = field(default_factory=list)
+    residency_history: list = field(default_factory=list)
+    last_text: str = ""
+    eos: set = field(default_factory=set)
+    corpus: list | None = None
