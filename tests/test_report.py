@@ -230,3 +230,14 @@ def test_normalised_band_carries_the_denominator():
     (a,), (b,) = normalised(exact_ref).values(), normalised(noisy_ref).values()
     assert a[0].hi - a[0].lo < b[0].hi - b[0].lo
     assert a[-1].y == 1.0 and a[0].values == tuple((50.0 + (i % 2)) / 100 for i in range(6))
+
+
+def test_busy_machine_is_flagged():
+    from labtui.report.markdown import contention
+
+    quiet = [_run("q", 0, i, "stream", 1.0, 100) for i in range(3)]
+    busy = [_run("b", 0, i, "stream", 1.0, 100) for i in range(3)]
+    for r, x in zip(quiet + busy, (0.01, 0.02, 0.4, 0.6, 0.7, 0.9), strict=True):
+        r.cpu_other = x
+    (w,) = contention({"q": quiet, "b": busy})
+    assert w.startswith("b: other processes used a median 70%")

@@ -104,6 +104,7 @@ def build_report(bundle_paths: list[str], out: str | Path | None = None) -> Path
 
     missing = [title for title, stem, _ in figs if stem is None]
     check_table, warns = md.consistency(all_runs)
+    warns += md.contention(by_bundle)
     parts = [
         "# labtui report",
         f"Made {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} from "

@@ -142,6 +142,23 @@ def consistency(runs: list[Run], tol: float = 0.05) -> tuple[str, list[str]]:
                    "difference", "95% CI of the ratio", "verdict"], rows) if rows else "", warns)
 
 
+BUSY = 0.25  # other processes' share of the CPU above which a bundle is flagged
+
+
+def contention(by_bundle: dict[str, list[Run]]) -> list[str]:
+    """A warning per bundle measured while other processes used much of the CPU:
+    its absolute numbers are this machine's under load, and its spread is wide."""
+    out = []
+    for b, rs in by_bundle.items():
+        xs = [r.cpu_other for r in rs if r.cpu_other is not None]
+        if xs and statistics.median(xs) > BUSY:
+            out.append(f"{b}: other processes used a median {100 * statistics.median(xs):.0f}% of the "
+                       f"machine's CPU while its points ran (max {100 * max(xs):.0f}%); its tok/s are "
+                       "those of a busy machine and its intervals are wide; rerun on a quiet one to cite "
+                       "absolute figures")
+    return out
+
+
 def _conf(c: tuple) -> str:
     mode, pf = c
     return f"{mode}" + ("" if pf is None else f", prefetch {'on' if pf else 'off'}")
