@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["auto", "cuda", "sim"], default=None)
     r.add_argument("--quick", action="store_true", help="shorten workloads for a smoke run")
     r.add_argument("--check", action="store_true", help="validate the scenario, run nothing")
+    r.add_argument("--profile", default=None,
+                   help="hardware profile for sim (see `labtui profiles`); sets [device].profile")
 
     rp = sub.add_parser("report", help="turn result bundles into plots and report.md")
     rp.add_argument("bundles", nargs="+")
@@ -51,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     mo.add_argument("--memory-gib", type=float, default=None,
                     help="accelerator budget to check against (default: sim's 4 GiB)")
     mo.add_argument("--json", action="store_true", help="print one JSON object")
+
+    pf = sub.add_parser("profiles", help="hardware profiles the simulated accelerator can emulate")
+    pf.add_argument("--json", action="store_true", help="print them as JSON")
 
     sub.add_parser("doctor", help="what this machine has: GPUs, NVML, torch, link GB/s")
 
@@ -90,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             from labtui.models.catalog import cli_models
 
             return cli_models(args)
+        if args.cmd == "profiles":
+            from labtui.engine.profiles import cli_profiles
+
+            return cli_profiles(args)
         if args.cmd == "doctor":
             from labtui.engine.devices import cli_doctor
 

@@ -68,7 +68,9 @@ class Admission:
         base = hm.placement_bytes(hm.resident_set(), hm.mode)
         kv_ws = hm.headroom(1, prompt_tokens + max_new_tokens, 0, prompt_tokens)
         need = base + kv_ws
-        others = sum(
+        # Other models' weights stand in the way for good unless the policy can
+        # preempt them to make room (priority does: then only the budget bounds it).
+        others = 0 if self.policy.name == "priority" else sum(
             max(0, o.hm._reserved - o.hm.accel_kv_last)
             for o in list(self._models.values()) if o is not ms and o.hm is not None
         )

@@ -80,6 +80,7 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
         seed: int = 0,
         prefetch_depth: int = 4,
         base_dir: str | Path | None = None,
+        profile: str | None = None,
     ):
         _quiet_transformers()
         # The link's pacing and prefetch threads must wake on time while the worker
@@ -87,7 +88,7 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
         # serialise them behind compute. 0.5 ms costs little and keeps overlap real.
         if sys.getswitchinterval() > 0.0005:
             sys.setswitchinterval(0.0005)
-        self.device: Device = make_device(device, memory_gib, link, host_slowdown)
+        self.device: Device = make_device(device, memory_gib, link, host_slowdown, profile)
         self.link = Link(self.device)
         self.policy = make_policy(policy)
         self.seed = seed

@@ -103,6 +103,10 @@ class Device:
         self._lock = threading.Lock()
         self._host_mem_t = -1.0
         self._host_mem = (0, 0, 0)
+        # A hardware profile (labtui.engine.profiles) the run speaks for; sim only.
+        # Recorded here; the pacing it implies is applied by the engine.
+        self.profile = None
+        self.profile_ignored: str | None = None
 
     # torch devices -------------------------------------------------------
     @property
@@ -223,6 +227,8 @@ class Device:
             "link_latency_us": self.link.latency_s * 1e6,
             "host_slowdown": self.host_slowdown,
             "compute_threads": torch.get_num_threads(),
+            "profile": self.profile.name if self.profile is not None else None,
+            **({"profile_ignored": self.profile_ignored} if self.profile_ignored else {}),
         }
 
 
@@ -322,6 +328,7 @@ def make_device(
     memory_gib: float | None = None,
     link: str | float | None = None,
     host_slowdown: float = 4.0,
+    profile=None,
 ) -> Device:
     if kind not in DEVICE_KINDS:
         raise LabError(f"unknown device '{kind}'; accepted: auto, cuda, sim")
@@ -330,13 +337,21 @@ def make_device(
     if not (1.0 <= float(host_slowdown) <= 1000):
         raise LabError(f"host_slowdown {host_slowdown} is out of range; accepted: 1 to 1000")
     budget = int(float(memory_gib) * GiB) if memory_gib is not None else None
+    from labtui.engine.profiles import get_profile
+
+    prof = get_profile(profile)  # unknown name: one line listing the accepted ones
     has_cuda = torch.cuda.is_available()
     if kind == "cuda" and not has_cuda:
         raise LabError("device 'cuda' asked for but torch sees no CUDA GPU; accepted here: auto or sim")
     if kind == "cuda" or (kind == "auto" and has_cuda):
-        # On a real GPU the link is what it is; a preset only labels it.
-        return CudaDevice(0, budget, parse_link(link), host_slowdown)
-    return SimDevice(budget or 4 * GiB, parse_link(link), host_slowdown)
+        # On a real GPU the link is what it is; a preset only labels it, and a
+        # profile (the physics sim emulates) does not apply: noted, not used.
+        dev: Device = CudaDevice(0, budget, parse_link(link), host_slowdown)
+        dev.profile_ignored = getattr(prof, "name", None)
+        return dev
+    dev = SimDevice(budget or 4 * GiB, parse_link(link), host_slowdown)
+    dev.profile = prof
+    return dev
 
 
 def fmt_bytes(n: float) -> str:
