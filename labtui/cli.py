@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", choices=["auto", "cuda", "sim"], default="sim")
     b.add_argument("--models", default=None, help="comma-separated zoo names")
     b.add_argument("--quick", action="store_true")
+    b.add_argument("--only", choices=["moves"], default=None, help="run one part: moves (residency moves on an 8 GB/s link)")
 
     z = sub.add_parser("zoo", help="built-in synthetic checkpoints")
     z.add_argument("action", nargs="?", choices=["list", "build"], default="list")

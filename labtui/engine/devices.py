@@ -35,15 +35,26 @@ GiB = 1024**3
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """A host<->accelerator path: achievable GB/s per direction and fixed cost per copy."""
+    """A host<->accelerator path: achievable GB/s per direction and fixed cost per copy.
+
+    ``gbps`` is both directions unless ``h2d_gbps`` / ``d2h_gbps`` say otherwise (a
+    hardware profile can set them apart: real links are often asymmetric). The
+    link reads its pacing from ``pacing()`` only (transfer.Link.pacing)."""
 
     name: str
     gbps: float  # 1e9 bytes/s, per direction
     latency_s: float  # fixed cost per copy (one DMA / one tensor)
+    h2d_gbps: float | None = None  # host -> accelerator, if not ``gbps``
+    d2h_gbps: float | None = None  # accelerator -> host, if not ``gbps``
 
     @property
     def label(self) -> str:
         return self.name if not self.name.endswith("GB/s") else f"{self.gbps:g} GB/s"
+
+    def pacing(self, direction: str) -> tuple[float, float]:
+        """(bytes per second, latency per copy) of one direction ("h2d" | "d2h")."""
+        g = self.h2d_gbps if direction == "h2d" else self.d2h_gbps
+        return (g or self.gbps) * 1e9, self.latency_s
 
 
 # Achievable unidirectional figures, below the theoretical peaks (x16: PCIe3 15.75,
@@ -187,7 +198,12 @@ class Device:
         return torch.empty(nbytes, dtype=torch.uint8)
 
     def accel_empty(self, nbytes: int) -> torch.Tensor:
+        """An accelerator buffer ready for a timed copy (on cuda the caching
+        allocator's memory is already mapped; sim pre-faults, see SimDevice)."""
         return torch.empty(nbytes, dtype=torch.uint8, device=self.accel)
+
+    def accel_free(self, buf: torch.Tensor | None) -> None:
+        """Give back a buffer from ``accel_empty`` (cuda: torch's allocator caches it)."""
 
     def synchronize(self) -> None:
         pass
@@ -249,11 +265,50 @@ class SimDevice(Device):
             torch.set_num_threads(want)
         self.compute_threads = want
 
+        # Freed accelerator buffers by size, pages already faulted in: the simulated
+        # accelerator's caching allocator (as torch's on cuda keeps freed blocks),
+        # so a timed copy never writes into fresh, unmapped pages.
+        self._pool: dict[int, list[torch.Tensor]] = {}
+        self._pool_bytes = 0
+
     @property
     def accel(self) -> torch.device:
         # Same physical memory as the host; "accelerator" tensors are separate
         # allocations made by the link, tracked by the ledgers against the budget.
         return torch.device("cpu")
+
+    def host_empty(self, nbytes: int) -> torch.Tensor:
+        return touch(torch.empty(nbytes, dtype=torch.uint8))
+
+    def accel_empty(self, nbytes: int) -> torch.Tensor:
+        with self._lock:
+            free = self._pool.get(int(nbytes))
+            if free:
+                self._pool_bytes -= int(nbytes)
+                return free.pop()
+        with torch.inference_mode(False):  # may be filled by the link's thread later
+            return touch(torch.empty(int(nbytes), dtype=torch.uint8))
+
+    def accel_free(self, buf: torch.Tensor | None) -> None:
+        if buf is None or buf._base is not None or buf.dim() != 1 or buf.dtype != torch.uint8:
+            return  # a view or foreign tensor: let it go
+        n = buf.numel()
+        with self._lock:
+            # Cache no more than the accelerator has free: the pool is memory the
+            # simulated device would really hold.
+            if self._pool_bytes + n > max(0, self.budget_bytes - self._reserved):
+                return
+            self._pool.setdefault(n, []).append(buf)
+            self._pool_bytes += n
+
+    def empty_cache(self) -> None:
+        with self._lock:
+            self._pool.clear()
+            self._pool_bytes = 0
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._pool_bytes
 
     @property
     def name(self) -> str:
@@ -352,6 +407,15 @@ def make_device(
     dev = SimDevice(budget or 4 * GiB, parse_link(link), host_slowdown)
     dev.profile = prof
     return dev
+
+
+def touch(buf: torch.Tensor) -> torch.Tensor:
+    """Fault in every page of a fresh CPU buffer (one write per 4 KiB page), so the
+    copy that fills it later is timed as a copy, not as page faults (a fresh 13 MiB
+    buffer copies ~5x slower than a touched one here)."""
+    if buf.is_contiguous() and buf.numel() * buf.element_size() >= 64 * 1024:  # small ones: heap
+        buf.view(-1).view(torch.uint8)[::4096].zero_()
+    return buf
 
 
 def fmt_bytes(n: float) -> str:

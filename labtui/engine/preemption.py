@@ -42,7 +42,16 @@ def preempt(hm: HostedModel, batch: Batch, kv: str, weights: str) -> PhaseReport
         kv_b = batch.drop_kv()
     hm.device.synchronize()
     t1 = time.perf_counter()
-    rel_b, _ = hm.release_weights(weights, reason="preempt")
+    try:
+        rel_b, _ = hm.release_weights(weights, reason="preempt")
+    except BaseException:
+        # release_weights rolled the weights back; bring a swapped KV back too, so
+        # the model serves on as if the preemption had never started
+        if kv == "swap":
+            hm.swap_kv(to_host=False, reason="rollback")
+        for r in batch.rows:
+            r.state = "running"
+        raise
     t2 = time.perf_counter()
     hm.sync_reservation()
     return PhaseReport(

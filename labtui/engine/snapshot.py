@@ -31,8 +31,11 @@ class Ledger:
     accel_weights: int = 0
     accel_kv: int = 0
     accel_buffers: int = 0  # embeddings/head/rotary buffers and in-flight stream copies
-    host_weights: int = 0
+    host_weights: int = 0  # weights whose live copy is on the host (offloaded)
     host_kv: int = 0
+    # host copies kept for units resident on the accelerator (pinned staging on cuda):
+    # host RAM held, not offloaded weights (transfer.py explains why they are kept)
+    host_staging: int = 0
 
     @property
     def accel_total(self) -> int:
