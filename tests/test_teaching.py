@@ -158,7 +158,7 @@ async def test_footer_shows_slider_and_main_keys():
         keys = [str(k.key_display) for k in app.query("FooterKey")]
         descs = [str(k.description) for k in app.query("FooterKey")]
         assert "←→" in keys and "layers" in descs
-        for key in ("m", "f", "p", "r", "w", "?", "q"):
+        for key in ("m", "f", "p", "w", "?", "q"):
             assert key in keys
 
 
