@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     o = sub.add_parser("open", help="open the lab with a scenario loaded")
     o.add_argument("scenario")
     o.add_argument("--device", choices=["auto", "cuda", "sim"], default=None)
+    o.add_argument("--time-scale", type=float, default=1.0, metavar="X",
+                   help="stretch the timeline: every `at` X times later (2 = half speed)")
 
     r = sub.add_parser("run", help="run a scenario headless and write a result bundle")
     r.add_argument("scenario")
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "open":
             from labtui.tui.app import main as tui_main
 
-            return tui_main(args.scenario, device=args.device)
+            return tui_main(args.scenario, device=args.device, time_scale=args.time_scale)
         if args.cmd == "run":
             from labtui.scenario.runner import cli_run
 

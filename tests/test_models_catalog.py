@@ -91,3 +91,39 @@ def test_cache_refusals_are_one_line(hub, engine):
             engine.load(src)
         assert why in str(e.value) and "\n" not in str(e.value)
     assert engine.snapshot().models == ()  or not engine.snapshot().models
+
+
+def test_load_dialog_searches_the_cache_and_loads_from_it(hub, engine):
+    import asyncio
+
+    from textual.widgets import OptionList
+
+    from labtui.tui.app import LabApp
+    from labtui.tui.screens.modals import LoadModal
+
+    async def body():
+        app = LabApp(engine)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.5)
+            await pilot.press("l")
+            for _ in range(100):  # the dialog scans the cache on a thread
+                await pilot.pause(0.05)
+                if app._cached_rows is not None:
+                    break
+            assert isinstance(app.screen, LoadModal)
+            assert [c.source for c in app._cached_rows] == ["hf:acme/tiny-gpt2", "hf:acme/tiny-llama"]
+            for ch in "tiny-ll":
+                await pilot.press(ch)
+            await pilot.pause(0.2)
+            ol = app.screen.query_one(OptionList)
+            shown = [ol.get_option_at_index(i).id for i in range(ol.option_count)]
+            assert shown == ["hf:acme/tiny-llama"]  # filtered as typed
+            await pilot.press("enter")  # loads the first match
+            for _ in range(300):
+                await pilot.pause(0.1)
+                m = engine.snapshot().model("tiny-llama")
+                if m is not None and m.n_layers:
+                    break
+            assert m is not None and m.source == "hf:acme/tiny-llama" and m.family == "llama"
+
+    asyncio.run(body())

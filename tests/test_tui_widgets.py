@@ -244,7 +244,8 @@ async def test_help_lists_every_binding():
     documented = " ".join(k for k, _ in KEYS)
     for b in LabApp.BINDINGS:
         for key in b.key.split(","):
-            shown = {"question_mark": "?", "f1": "F1"}.get(key, key)
+            shown = {"question_mark": "?", "f1": "F1", "right_square_bracket": "]",
+                     "left_square_bracket": "["}.get(key, key)
             assert shown in documented, key
 
 

@@ -5,7 +5,8 @@ over several tokens; decoding a window of tokens that starts or ends inside such
 a character shows U+FFFD. Here the tokens' bytes are fed to Python's incremental
 UTF-8 decoder, which holds an incomplete sequence back until the bytes that finish
 it arrive (as vLLM's detokenizer does by text, this does by bytes). Bytes that can
-never decode (random weights emit them) are dropped: this text is for display only;
+never decode (random weights emit them) are dropped, and so are code points that
+do not print (unassigned, control): this text is for display only;
 the token ids and their digests are untouched. Tokenizers that are not byte-level
 fall back to ``decode`` with trailing U+FFFD held back.
 """
@@ -81,4 +82,6 @@ def display_text(tok, ids: list[int]) -> str:
     text = s.push(list(ids))
     if not s.byte_level:
         text = text.lstrip(REPLACEMENT)
-    return text
+    # random bytes also make valid but unassigned or control code points, which a
+    # terminal shows as U+FFFD too: keep what prints
+    return "".join(ch for ch in text if ch.isprintable() or ch in "\n\t")

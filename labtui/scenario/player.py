@@ -24,6 +24,71 @@ POLL_S = 0.02  # how often the schedule is checked; `when tokens` entries are ar
 # the engine instead (Engine.submit_when_tokens): they run at the exact count
 
 
+class PlayClock:
+    """Scenario time for a timeline being played: wall time divided by `time_scale`
+    (2 = every `at` comes twice as late, for a lecture), which can be paused and
+    stepped to the next caption (`note`). Only the timeline waits: the engine keeps
+    serving its workloads while the clock is paused. Thread-safe: the lab calls
+    these from the UI thread while the player reads it on its own."""
+
+    def __init__(self, time_scale: float = 1.0) -> None:
+        if not time_scale > 0:
+            raise LabError(f"time scale {time_scale} is not > 0; accepted: a number > 0, "
+                           "e.g. 2 (half speed) or 0.5 (double speed)")
+        self.time_scale = float(time_scale)
+        self._lock = threading.Lock()
+        self._base = 0.0  # scenario seconds at the anchor
+        self._anchor = time.monotonic()
+        self.paused = False
+        self._step = False
+
+    def start(self) -> None:
+        """Scenario time 0 is now (after the models are loaded); pausing holds."""
+        with self._lock:
+            self._base, self._anchor = 0.0, time.monotonic()
+
+    def now(self) -> float:
+        with self._lock:
+            if self.paused:
+                return self._base
+            return self._base + (time.monotonic() - self._anchor) / self.time_scale
+
+    def _rebase(self) -> None:  # caller holds the lock
+        t = time.monotonic()
+        if not self.paused:
+            self._base += (t - self._anchor) / self.time_scale
+        self._anchor = t
+
+    def set_paused(self, paused: bool) -> None:
+        with self._lock:
+            self._rebase()
+            self.paused = paused
+
+    def toggle(self) -> bool:
+        self.set_paused(not self.paused)
+        return self.paused
+
+    def set_time_scale(self, time_scale: float) -> None:
+        with self._lock:
+            self._rebase()
+            self.time_scale = float(time_scale)
+
+    def request_step(self) -> None:
+        """Ask the player to jump to the next caption (it knows where that is)."""
+        with self._lock:
+            self._step = True
+
+    def take_step(self) -> bool:
+        with self._lock:
+            step, self._step = self._step, False
+            return step
+
+    def jump_to(self, t: float) -> None:
+        with self._lock:
+            self._rebase()
+            self._base = max(self._base, t)
+
+
 @dataclass
 class PlayResult:
     finished: bool = False  # the timeline ran out (and the engine went idle, if asked)
@@ -55,10 +120,12 @@ def play_timeline(
     deadline: float | None = None,  # time.monotonic() value
     on_tick: Callable[[Any], None] | None = None,  # the latest snapshot, every poll
     on_note: Callable[[str], None] | None = None,
+    clock: PlayClock | None = None,
 ) -> PlayResult:
     """Load the models (unless `load` is False), then launch workloads and run the
     timeline at their times. Returns when the timeline is done (and, with
-    `until_idle`, every workload has finished), when `stop` is set, or at `deadline`."""
+    `until_idle`, every workload has finished), when `stop` is set, or at `deadline`.
+    `clock` (the lab's) lets the timeline be paused, stepped and slowed down."""
     is_stopped = stop.is_set if isinstance(stop, threading.Event) else (stop or (lambda: False))
     say = on_error or (lambda msg: None)
     res = PlayResult()
@@ -75,7 +142,9 @@ def play_timeline(
     fired: set[str] = set()  # armed entries that have run (or were refused)
     view.fired = fired.__contains__
     fresh = getattr(engine, "fresh_snapshot", engine.snapshot)
-    t0 = time.monotonic()
+    if clock is None:
+        clock = PlayClock()
+    clock.start()
     while True:
         if is_stopped():
             _disarm(armed)
@@ -85,7 +154,9 @@ def play_timeline(
         # on the step that reaches the count (a token can take ~1 ms on sim)
         view.snap = fresh()
         _settle_armed(armed, fired, res, say)
-        for step in schedule.due(time.monotonic() - t0, view):
+        if clock.take_step() and (t := schedule.next_at("note", clock.now())) is not None:
+            clock.jump_to(t)
+        for step in schedule.due(clock.now(), view):
             if step.kind == "arm":
                 _arm(engine, step, view, armed, res, say, on_note)
             else:

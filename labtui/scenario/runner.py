@@ -71,16 +71,28 @@ def cli_run(args: Any) -> int:
     return 0
 
 
-def check_line(scn: Scenario, quick: bool = False) -> str:
-    """One line: what `labtui run` would do with this scenario."""
-    pts, reps = len(expand(scn)), repeat_count(scn)
+def check_line(scn: Scenario, quick: bool = False, with_estimate: bool = True) -> str:
+    """One line: what `labtui run` would do with this scenario: its runs and a rough
+    estimate of how long they take (labtui.scenario.estimate)."""
+    from labtui.scenario.estimate import estimate, fmt_duration
+
+    points, reps = expand(scn), repeat_count(scn)
     q = apply_quick(scn)
-    qpts, qreps = len(expand(q)), repeat_count(q)
+    qpoints, qreps = expand(q), repeat_count(q)
     where = scn.path or "<scenario>"
+    runs = f"{len(points)} point(s) x {reps} repeat(s) = {len(points) * reps} run(s)"
+    qruns = f"--quick: {len(qpoints)} x {qreps} = {len(qpoints) * qreps} run(s)"
+    if with_estimate:
+        full = estimate(points, reps, scn.lab.timeout_s, warmup_tokens(scn))
+        fast = estimate(qpoints, qreps, q.lab.timeout_s, warmup_tokens(q))
+        cap = " (the [lab].timeout_s limit)"
+        runs += f", about {fmt_duration(full.seconds)}" + (cap if full.capped else "")
+        qruns += f", about {fmt_duration(fast.seconds)}" + (cap if fast.capped else "")
+        qruns += (f"; rough estimates for this machine (memory-bound decode at "
+                  f"{full.memcpy_gbps:.0f} GB/s host memcpy)")
     return (f"ok: {where}: '{scn.name}': {len(scn.models)} model(s), {len(scn.workloads)} "
             f"workload(s), {len(scn.timeline)} timeline entr{'y' if len(scn.timeline) == 1 else 'ies'}; "
-            f"{pts} point(s) x {reps} repeat(s); --quick: {qpts} x {qreps}"
-            + (" (checked as --quick)" if quick else ""))
+            f"{runs}; {qruns}" + (" (checked as --quick)" if quick else ""))
 
 
 def default_out(name: str) -> Path:
@@ -155,6 +167,7 @@ class _Run:
         self.writer.write_text("scenario.toml", scenario_to_toml(self.scn, header=header))
         self.writer.on_fail = lambda e: setattr(self.state, "stop", "write_failed")
         old = self._install_signals()
+        self.progress.set_plan(len(self.points) * self.reps, self._estimate())
         self._sampler.start()
         try:
             with self.progress:
@@ -195,7 +208,9 @@ class _Run:
             for point in active:
                 if self.state.stop:
                     break
+                self.progress.run_started()
                 self._run_point(point, done[point.index])
+                self.progress.run_done()
                 done[point.index] += 1
                 r = self.runs[-1]
                 measured[point.index] += r["wall_s"]
@@ -204,6 +219,16 @@ class _Run:
                         samples[point.index].setdefault(m, []).append(st["decode_tok_s"])
             active = [p for p in active
                       if self.protocol.needs_more(samples[p.index], measured[p.index], done[p.index])]
+
+    def _estimate(self) -> float | None:
+        if len(self.points) * self.reps <= 1:
+            return None
+        try:
+            from labtui.scenario.estimate import estimate
+
+            return estimate(self.points, self.reps, self.scn.lab.timeout_s, self.warmup).seconds
+        except Exception:  # noqa: BLE001 - an ETA is a convenience; the run goes on without
+            return None
 
     def _install_signals(self) -> dict:
         """Ctrl-C and SIGTERM (a service manager, ``kill``, a CI timeout) both stop the

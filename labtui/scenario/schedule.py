@@ -72,6 +72,14 @@ class Schedule:
         ts = [w[0] for w in self._workloads] + ([self.head.at] if self.head is not None else [])
         return min(ts) if ts else None
 
+    def next_at(self, action: str, after: float) -> float | None:
+        """The `at` of the next timeline entry doing `action` later than `after` (the
+        lab's "next caption" jumps there)."""
+        for e in self._timeline[self._next:]:
+            if e.action == action and e.at > after:
+                return e.at
+        return None
+
     def due(self, now: float, view: View) -> list[Step]:
         steps: list[Step] = []
         while self._workloads and self._workloads[0][0] <= now:

@@ -69,7 +69,13 @@ class Replay:
         engine,
         on_error: Callable[[str], None],
         on_done: Callable[[str], None],
+        time_scale: float = 1.0,
     ) -> None:
+        from labtui.scenario.player import PlayClock
+
+        self.clock = PlayClock(time_scale)  # the lab pauses, steps and slows it
+        self.notes = [e.text for e in scn.timeline if e.action == "note"]
+        self.captions = len(self.notes)
         self.scn = scn
         self.engine = engine
         self.on_error = on_error
@@ -91,7 +97,8 @@ class Replay:
 
         try:
             self.result = play_timeline(
-                self.scn, self.engine, stop=self.stop_event, on_error=self.on_error
+                self.scn, self.engine, stop=self.stop_event, on_error=self.on_error,
+                clock=self.clock,
             )
         except LabError as e:
             self.status = "failed"

@@ -10,7 +10,12 @@ lab's own keys by Textual's Pilot (App.run_test), saved with App.save_screenshot
 - lab-preemption.svg: a preemption (kv swap, weights disk) and its resume, with
   the four-phase breakdown;
 - lab-preempted.svg / lab-preempted-80x24.svg: both models preempted at once,
-  llama's weights parked in host RAM (▄), qwen's released to disk (▁).
+  llama's weights parked in host RAM (▄), qwen's released to disk (▁);
+- lab-load-cached-80x24.svg: the load dialog listing a Hugging Face cache (a
+  temporary one holding copies of two zoo checkpoints, laid out as huggingface_hub
+  writes it), filtered by typing "hf";
+- lab-tour-paused-80x24.svg: `labtui open tour` on a fresh engine, stepped to its
+  second caption and paused.
 
 Timings are real, so numbers differ between runs; the states are the same.
 Takes about a minute.
@@ -83,6 +88,77 @@ async def _preempt_both(pilot, eng) -> None:
 def _layers(eng, model: str) -> int:
     m = eng.snapshot().model(model)
     return m.resident_layers if m else -1
+
+
+def demo_hub_cache(root: Path, names: tuple[str, ...] = ("llama-30m", "gpt2-10m")) -> Path:
+    """A Hugging Face cache under `root` holding copies of zoo checkpoints as
+    `zoo-copies/NAME` (blobs, refs/main, snapshots/<hash>/ symlinks, as
+    huggingface_hub lays them out), for the load dialog's screenshot."""
+    import hashlib
+    import os
+
+    from labtui.models import zoo
+
+    hub = root / "hub"
+    for name in names:
+        src = zoo.build(name)
+        repo = hub / f"models--zoo-copies--{name}"
+        commit = hashlib.sha1(name.encode()).hexdigest()
+        snap = repo / "snapshots" / commit
+        snap.mkdir(parents=True, exist_ok=True)
+        (repo / "blobs").mkdir(exist_ok=True)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        for f in sorted(p for p in src.iterdir() if p.is_file()):
+            data = f.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            if not (snap / f.name).exists():
+                os.symlink(os.path.relpath(blob, snap), snap / f.name)
+    return hub
+
+
+async def shoot_teaching(out: Path, save, log: Callable[[str], None]) -> None:
+    """The tour paused on a caption, and the load dialog with a cached checkpoint list."""
+    import os
+    import tempfile
+
+    from labtui.engine import Engine
+    from labtui.scenario.schema import load_scenario
+    from labtui.tui.app import LabApp
+    from labtui.tui.bridge import engine_kwargs
+
+    scn = load_scenario("tour")
+    eng = Engine(**engine_kwargs(scn, "sim"))
+    old = os.environ.get("HF_HUB_CACHE")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["HF_HUB_CACHE"] = str(demo_hub_cache(Path(tmp)))
+            log("the tour, stepped to its second caption and paused…")
+            app = LabApp(eng, scn)
+            async with app.run_test(size=NARROW) as pilot:
+                await wait_for(pilot, lambda: bool(app._captions), 60)
+                await pilot.press("space")
+                await pilot.press("right_square_bracket")
+                await wait_for(pilot, lambda: len(app._captions) >= 2, 10)
+                await wait_for(pilot, lambda: _layers(eng, "llama") == 4, 20)
+                await pilot.pause(2.0)
+                save(app, "lab-tour-paused-80x24.svg")
+
+                log("the load dialog with a Hugging Face cache…")
+                await pilot.press("l")
+                await wait_for(pilot, lambda: app._cached_rows is not None, 30)
+                for ch in "hf":
+                    await pilot.press(ch)
+                await pilot.pause(0.5)
+                save(app, "lab-load-cached-80x24.svg")
+                await pilot.press("escape")
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_CACHE", None)
+        else:
+            os.environ["HF_HUB_CACHE"] = old
+        eng.close()
 
 
 async def shoot(out: Path, log: Callable[[str], None] = lambda m: None) -> list[Path]:
@@ -194,4 +270,5 @@ async def shoot(out: Path, log: Callable[[str], None] = lambda m: None) -> list[
             save(app, "lab-chart-80x24.svg")
     finally:
         eng.close()
+    await shoot_teaching(out, save, log)
     return written

@@ -497,3 +497,35 @@ class SaveModal(_Modal):
         if not path.endswith(".toml"):
             path += ".toml"
         self.dismiss(path)
+
+
+class QuitModal(_Modal):
+    """q with actions not saved yet: Save / Quit without saving / Cancel."""
+
+    def __init__(self, n_unsaved: int) -> None:
+        super().__init__()
+        self.n = n_unsaved
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="modal", id="quit-modal") as v:
+            v.border_title = "quit the lab"
+            yield Static(
+                f"{self.n} action(s) of this session are not saved. Save the session as a "
+                "scenario first (`labtui run FILE` replays it)?",
+                classes="modal-help",
+            )
+            with Horizontal(classes="modal-buttons"):
+                yield Button("Save…", id="save", variant="primary")
+                yield Button("Quit without saving", id="quit", variant="error")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#save", Button).focus()
+
+    @on(Button.Pressed, "#save")
+    def _save(self) -> None:
+        self.dismiss("save")
+
+    @on(Button.Pressed, "#quit")
+    def _quit(self) -> None:
+        self.dismiss("quit")
