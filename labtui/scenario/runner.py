@@ -71,9 +71,13 @@ def cli_run(args: Any) -> int:
 
 def check_line(scn: Scenario, quick: bool = False) -> str:
     """One line: what `labtui run` would do with this scenario."""
-    pts, reps = len(expand(scn)), repeat_count(scn)
+    def reps_of(s: Scenario) -> str:
+        p = protocol(s)
+        return f"{p.min_repeat}" if not p.adaptive else f"{p.min_repeat}-{p.max_repeat}"
+
+    pts, reps = len(expand(scn)), reps_of(scn)
     q = apply_quick(scn)
-    qpts, qreps = len(expand(q)), repeat_count(q)
+    qpts, qreps = len(expand(q)), reps_of(q)
     where = scn.path or "<scenario>"
     return (f"ok: {where}: '{scn.name}': {len(scn.models)} model(s), {len(scn.workloads)} "
             f"workload(s), {len(scn.timeline)} timeline entr{'y' if len(scn.timeline) == 1 else 'ies'}; "
