@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     pf = sub.add_parser("profiles", help="hardware profiles the simulated accelerator can emulate")
     pf.add_argument("--json", action="store_true", help="print them as JSON")
 
+    mo = sub.add_parser("models", help="the zoo and the causal LMs in the local Hugging Face "
+                        "cache (offline), and whether each fits the budget")
+    mo.add_argument("--memory-gib", type=float, default=None,
+                    help="accelerator budget to check against (default: sim's 4 GiB)")
+    mo.add_argument("--json", action="store_true", help="print one JSON object")
+
     sub.add_parser("doctor", help="what this machine has: GPUs, NVML, torch, link GB/s")
 
     s = sub.add_parser("screenshot", help="write SVG screenshots of the lab's main states")
@@ -89,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             from labtui.engine.profiles import cli_profiles
 
             return cli_profiles(args)
+        if args.cmd == "models":
+            from labtui.models.catalog import cli_models
+
+            return cli_models(args)
         if args.cmd == "doctor":
             from labtui.engine.devices import cli_doctor
 

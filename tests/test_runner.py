@@ -251,7 +251,7 @@ def test_ctrl_c_finishes_summary_marked_interrupted(tmp_path):
 
 @pytest.mark.slow
 def test_design_example_runs_as_written(tmp_path, request):
-    """DESIGN.md's example end to end (12 s of timeline and a 150M model): opt in
+    """The two-model example end to end (12 s of timeline and a 150M model): opt in
     with `pytest -m slow` or LABTUI_SLOW=1."""
     from labtui.scenario.runner import run_file
 

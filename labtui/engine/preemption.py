@@ -59,9 +59,10 @@ def preempt(hm: HostedModel, batch: Batch, kv: str, weights: str) -> PhaseReport
 
 
 def resume_cost(hm: HostedModel, report: PhaseReport) -> int:
-    """Accelerator bytes a resume will take: the placement it had, plus its KV if it
-    was swapped out (kept KV never left; dropped KV is recomputed step by step)."""
-    return hm.placement_bytes(hm.resident_set(), hm.mode, kv=report.kv == "swap")
+    """Accelerator bytes a resume will take: the placement it had, its KV back (kept
+    KV never left; swapped KV comes back; dropped KV is recomputed) and the admitted
+    requests' reservation, released while preempted (reservation.py)."""
+    return hm.claim_bytes(hm.resident_set(), hm.mode) - hm.ledger().accel_total
 
 
 def resume(hm: HostedModel, batch: Batch, report: PhaseReport, t_preempt: float) -> PhaseReport:

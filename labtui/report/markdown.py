@@ -83,7 +83,7 @@ def points(runs: list[Run]) -> str:
         for m, st in r.stats.items():
             k = (r.bundle, r.point, r.label, m)
             acc[k]["dec"].append(st.get("decode_tok_s"))
-            acc[k]["thr"].append(st.get("throughput_tok_s"))
+            acc[k]["thr"].append(st.get("served_tok_s", st.get("throughput_tok_s")))
             acc[k]["ttft"].append(st.get("ttft_p50"))
             acc[k]["cpu"].append(r.cpu_other)
     rows = []

@@ -358,6 +358,10 @@ def resolve_source(source: str, base: Path | None) -> str:
             hint = _did_you_mean(source[4:], names)
             raise ValueError(f"unknown zoo model {source[4:]!r}{hint}; accepted: {', '.join(names)}")
         return source
+    if source.startswith("hf:"):  # a model in the local hub cache; checked on load
+        if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", source[3:]):
+            raise ValueError(f"{source!r} is not hf:org/name; accepted: hf:org/name of a cached model")
+        return source
     p = Path(source).expanduser()
     if not p.is_absolute() and base is not None:
         p = base / p

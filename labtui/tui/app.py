@@ -118,6 +118,7 @@ class LabApp(App):
         self._stalled_shown = 0
         self._view = "cards"
         self._zoo_rows: list[dict] | None = None
+        self._cached_rows: list | None = None  # the hub cache, scanned by the load dialog
         self._owns_engine = engine is None
         self._chart_drawn = 0.0
         self._shown_at = 0.0
@@ -457,7 +458,20 @@ class LabApp(App):
         from labtui.tui.screens.modals import LoadModal
 
         taken = {m.id for m in self.snap.models} if self.snap else set()
-        self.push_screen(LoadModal(taken, self._zoo()), self._send_if)
+        dev = self.snap.device if self.snap else None
+        # a frozen (screenshot/test) lab lists no cache unless given one: its screen
+        # must not depend on this machine's Hugging Face cache
+        cached = self._cached_rows if self._cached_rows is not None or not self.frozen else []
+        self.push_screen(
+            LoadModal(
+                taken,
+                self._zoo(),
+                cached,
+                budget_bytes=dev.budget_bytes if dev else None,
+                simulated=dev.simulated if dev else True,
+            ),
+            self._send_if,
+        )
 
     def _zoo(self) -> list[dict]:
         """The zoo's models for the load dialog, from their specs (instant; the zoo's
