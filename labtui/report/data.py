@@ -239,7 +239,7 @@ def point_rows(runs: list[Run]) -> list[dict]:
                 "prefetch": info.get("prefetch"), "link_gbps": r.device.get("link_gbps"),
                 "profile": r.device.get("profile"), "max_new_tokens": max_new_tokens_of(r, m),
                 "rep": r.rep, "decode_tok_s": st.get("decode_tok_s"),
-                "served_tok_s": st.get("throughput_tok_s"), "ttft_s": st.get("ttft_p50"),
+                "served_tok_s": st.get("served_tok_s", st.get("throughput_tok_s")), "ttft_s": st.get("ttft_p50"),
                 "tpot_s": st.get("tpot_p50"), "cpu_other": r.cpu_other,
             })
     return rows

@@ -58,7 +58,11 @@ def status(bundles: list[Bundle], cols: list[str], runs: dict[str, list[Run]]) -
                  else "error" if s.get("error") else "complete") if b.summary else "partial (no summary.json)"
         planned = s.get("runs_planned")
         done = sum(1 for r in runs[col] if r.ended)
-        rows.append([col, s.get("scenario") or "", state, f"{done}/{planned if planned else '?'}",
+        pr = s.get("protocol") or {}
+        runs_txt = (f"{done} ({pr['min_repeat']}-{pr['max_repeat']} per point, until the CI is "
+                    f"within ±{100 * pr['ci_rel_width']:g}%)" if pr.get("max_repeat", 0) > pr.get("min_repeat", 0)
+                    else f"{done}/{planned if planned else '?'}")
+        rows.append([col, s.get("scenario") or "", state, runs_txt,
                      "; ".join(b.notes) or "nothing missing"])
     return table(["bundle", "scenario", "state", "runs", "missing or damaged"], rows)
 
@@ -79,7 +83,7 @@ def points(runs: list[Run]) -> str:
         for m, st in r.stats.items():
             k = (r.bundle, r.point, r.label, m)
             acc[k]["dec"].append(st.get("decode_tok_s"))
-            acc[k]["thr"].append(st.get("throughput_tok_s"))
+            acc[k]["thr"].append(st.get("served_tok_s", st.get("throughput_tok_s")))
             acc[k]["ttft"].append(st.get("ttft_p50"))
             acc[k]["cpu"].append(r.cpu_other)
     rows = []

@@ -79,9 +79,14 @@ def check_line(scn: Scenario, quick: bool = False, with_estimate: bool = True) -
     points, reps = expand(scn), repeat_count(scn)
     q = apply_quick(scn)
     qpoints, qreps = expand(q), repeat_count(q)
+
+    def reps_of(s: Scenario) -> str:  # the protocol may repeat more, up to its cap
+        p = protocol(s)
+        return f"{p.min_repeat}" if not p.adaptive else f"{p.min_repeat}-{p.max_repeat}"
+
     where = scn.path or "<scenario>"
-    runs = f"{len(points)} point(s) x {reps} repeat(s) = {len(points) * reps} run(s)"
-    qruns = f"--quick: {len(qpoints)} x {qreps} = {len(qpoints) * qreps} run(s)"
+    runs = f"{len(points)} point(s) x {reps_of(scn)} repeat(s) = {len(points) * reps} run(s)"
+    qruns = f"--quick: {len(qpoints)} x {reps_of(q)} = {len(qpoints) * qreps} run(s)"
     if with_estimate:
         full = estimate(points, reps, scn.lab.timeout_s, warmup_tokens(scn))
         fast = estimate(qpoints, qreps, q.lab.timeout_s, warmup_tokens(q))
