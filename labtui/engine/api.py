@@ -39,6 +39,7 @@ from labtui.engine.devices import Device, fmt_bytes, make_device, parse_link
 from labtui.engine.events import Event
 from labtui.engine.handlers import Handlers, _default_id
 from labtui.engine.hosted import HOST, RESIDENT, STREAM
+from labtui.engine.limits import COMMAND_LOG_MAX, MAX_EVENTS, SCHED_SAMPLES_KEPT
 from labtui.engine.preemption import check_preempt
 from labtui.engine.scheduler import make_policy
 from labtui.engine.snapshot import (
@@ -55,7 +56,6 @@ from labtui.errors import LabError, one_line
 
 log = logging.getLogger("labtui.engine")
 
-MAX_EVENTS = 200_000
 
 
 @dataclass
@@ -95,7 +95,8 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
         self.prefetch_depth = prefetch_depth
         self.base_dir = Path(base_dir) if base_dir else None
         self.t0 = time.perf_counter()
-        self.command_log: list[tuple[float, C._Cmd]] = []
+        self.command_log: deque[tuple[float, C._Cmd]] = deque(maxlen=COMMAND_LOG_MAX)
+        self.commands_total = 0  # every command executed, also those out of command_log
         self._cmds: queue.Queue = queue.Queue()
         self._incoming: queue.Queue = queue.Queue()
         self._wake = threading.Event()
@@ -107,7 +108,9 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
         self._outstanding = 0  # requests submitted, not finished (wait_idle)
         self._pending_cmds = 0  # commands queued, not yet applied
         self._models: dict[str, ModelState] = {}
-        self._workloads: dict[str, Workload] = {}
+        self._workloads: dict[str, Workload] = {}  # running + the last done (limits.py)
+        self._workloads_launched = 0  # seeds workloads: the same whatever was pruned
+        self._workloads_pruned = 0
         self._requests: dict[str, Request] = {}
         self._ids = itertools.count(1)
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
@@ -128,9 +131,13 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
         self.sched_stats = {"steps": 0, "step_s": 0.0, "overhead_s": 0.0}
         self._t_sched = self._t_fwd0 = 0.0
         self._t_fwd1: float | None = None
-        self._sched_samples: deque[float] = deque(maxlen=10_000)
+        self._sched_samples: deque[float] = deque(maxlen=SCHED_SAMPLES_KEPT)
         self._thread = threading.Thread(target=self._run, name="labtui-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def workloads_done_total(self) -> int:
+        return self._workloads_pruned + sum(1 for w in list(self._workloads.values()) if w.done)
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -386,6 +393,7 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
                 preemptions=[asdict(p) | {"total_s": p.total_s} for p in ms.preemptions],
             )
             out["models"][ms.id] = d
+        out["workloads_done_total"] = self.workloads_done_total
         out["workloads"] = {
             w.id: {"model": w.model, "kind": w.cmd.kind, "submitted": w.submitted, "completed": w.completed, "cancelled": w.cancelled, "total": w.total}
             for w in list(self._workloads.values())

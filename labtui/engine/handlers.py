@@ -163,7 +163,8 @@ class Handlers:
         if ms.corpus is None:
             ms.corpus = corpus_ids(ms.hm.tokenizer)
         wid = cmd.id or f"w{next(self._ids)}"
-        w = Workload(wid, cmd, ms.corpus, self.seed + len(self._workloads), time.perf_counter())
+        w = Workload(wid, cmd, ms.corpus, self.seed + self._workloads_launched, time.perf_counter())
+        self._workloads_launched += 1
         self._workloads[wid] = w
         self._emit("workload_start", workload=wid, model=cmd.model, workload_kind=cmd.kind, requests=cmd.requests,
                    concurrency=cmd.concurrency, rate_per_s=cmd.rate_per_s, prompt_tokens=cmd.prompt_tokens,
@@ -189,6 +190,7 @@ class Handlers:
                 ms.hm.sync_reservation()
         w.done = True  # nothing more will be submitted (``submitted`` stays what was)
         self._emit("workload_cancel", workload=w.id, model=w.model, cancelled=n, reason=reason)
+        self._prune_workloads()
         return n
 
     def _do_set_policy(self, cmd: C.SetPolicy) -> None:

@@ -20,6 +20,7 @@ from labtui.engine import commands as C
 from labtui.engine.decode import Request
 from labtui.engine.events import Event
 from labtui.engine.hosted import HostedModel
+from labtui.engine.limits import KEEP_DONE_WORKLOADS
 from labtui.engine.state import ModelState
 from labtui.engine.workload import Workload
 from labtui.errors import LabError, one_line
@@ -172,6 +173,7 @@ class WorkerLoop:
             fut.set_exception(e)
             return
         self.command_log.append((round(self.now(), 4), cmd))
+        self.commands_total += 1
         self._emit("command", **cmd.to_toml_dict())
         self._publish(force=True)  # the caller sees the command's effect at once
         fut.set_result(result)
@@ -309,9 +311,18 @@ class WorkerLoop:
             w.on_finish(req.id, cancelled=req.state != "done")
             if w.done and not was_done:
                 self._emit("workload_done", workload=w.id, model=w.model, completed=w.completed, cancelled=w.cancelled)
+                self._prune_workloads()
         self._requests.pop(req.id, None)
         req.done.set()
         self._count(requests=-1)
+
+    def _prune_workloads(self) -> None:
+        """Forget all but the last KEEP_DONE_WORKLOADS finished workloads (bounded
+        snapshots and memory); running ones always stay."""
+        done = [wid for wid, w in self._workloads.items() if w.done]
+        for wid in done[: max(0, len(done) - KEEP_DONE_WORKLOADS)]:
+            del self._workloads[wid]
+            self._workloads_pruned += 1
 
     def _emit(self, _kind: str, **data) -> None:
         with self._ev_lock:

@@ -139,6 +139,7 @@ class LabApp(App):
         self.chart_data = ChartData()
         self.series: dict[str, int] = {}
         self.replay = None
+        self.recorder = None  # a SessionRecorder once a real engine is up (s saves it)
         self.snap = None
         self.first_frame_at: float | None = None
         self._seq = -1
@@ -235,6 +236,10 @@ class LabApp(App):
         self.notify(message.message, severity="error", timeout=10)
 
     def _engine_ready(self) -> None:
+        if hasattr(self.engine, "add_listener"):  # a real engine: record the session
+            from labtui.scenario.recorder import SessionRecorder
+
+            self.recorder = SessionRecorder(self.engine)
         self._tick()
         self.set_interval(1.0 / self.POLL_HZ, self._tick)
         if self.scenario is not None and self.replay_enabled and not self.frozen:
@@ -633,7 +638,7 @@ class LabApp(App):
 
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         default = str(self.save_dir / f"lab-session-{stamp}.toml")
-        n = len(getattr(self.engine, "command_log", []))
+        n = len(self.recorder) if self.recorder is not None else len(getattr(self.engine, "command_log", []))
         self.push_screen(SaveModal(default, n), self._save_to)
 
     def _save_to(self, path: str | None) -> bool:
@@ -642,7 +647,7 @@ class LabApp(App):
         from labtui.tui.bridge import save_recording
 
         try:
-            out = save_recording(self.engine, path, self.scenario)
+            out = save_recording(self.recorder or self.engine, path, self.scenario)
         except LabError as e:
             self.notify(str(e), severity="error", title="not saved")
             return False

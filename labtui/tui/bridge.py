@@ -117,7 +117,8 @@ class Replay:
 
 
 def save_recording(engine, path: str | Path, scn=None) -> Path:
-    """Write the engine's command log as a scenario (`labtui run` replays it)."""
+    """Write a session's commands as a scenario (`labtui run` replays it).
+    `engine`: the lab's SessionRecorder (every command), or an engine (its last ones)."""
     from labtui.scenario.recorder import scenario_from_log
 
     path = Path(path).expanduser()
@@ -126,7 +127,9 @@ def save_recording(engine, path: str | Path, scn=None) -> Path:
         engine,
         name=name,
         description="recorded in the lab"
-        + (f" (opened from {scn.name})" if scn is not None else ""),
+        + (f" (opened from {scn.name})" if scn is not None else "")
+        + (" (incomplete: not every command of the session was kept)"
+           if not getattr(engine, "complete", True) or getattr(engine, "dropped", 0) else ""),
         seed=scn.lab.seed if scn is not None else 0,
     )
     if path.parent and not path.parent.exists():

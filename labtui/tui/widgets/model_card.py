@@ -117,6 +117,7 @@ class ModelCard(Vertical):
         self._ms = ms
         self._cache: dict[str, object] = {}
         self._spark_drawn = 0.0
+        self._shown_ms: ModelSnapshot | None = None  # the snapshot last drawn
         self.slider = ResidencySlider(ms.id, ms.n_layers, ms.resident_layers, classes="slider")
         self.layer_map = LayerMap(ms.layer_cells, classes="layer-map")
         self.phase_bar = PhaseBar(classes="phase-bar")
@@ -177,6 +178,11 @@ class ModelCard(Vertical):
         self._ms = ms
         if not self.is_mounted:
             return
+        # Snapshot diffing: an unchanged model (idle, paused) costs one comparison of
+        # frozen dataclasses, not a rebuild of every line of its card.
+        if not force and ms == self._shown_ms:
+            return
+        self._shown_ms = ms
         if ms.n_layers == 0:  # still loading: family and size not known yet
             title = f"[b]{ms.id}[/b] · {escape(ms.source)}"  # a path may hold "["
         else:
