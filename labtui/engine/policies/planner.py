@@ -45,7 +45,7 @@ from labtui.engine.policies.base import Action, Candidate, LoadPlan, ModelView, 
 
 ACTIVE_S = 1.5  # a model that had work this recently is planned for as active
 MIN_MOVE_BLOCKS = 2
-DWELL_S = 1.0
+DWELL_S = 2.0
 EWMA = 0.3
 DEFAULT_TTFT_S = 2.0  # objectives for models whose Load gives none
 DEFAULT_TPOT_S = 0.25
@@ -245,7 +245,9 @@ class Planner(Policy):
         # the minimum each kept model needs
         ks: dict[str, tuple[int, str]] = {}
         for m in keep.values():
-            ks[m.id] = (m.min_layers if m.pin else 0, "stream")
+            k0 = m.min_layers if m.pin else 0
+            # the cheaper offload mode at the minimum (host needs no stream window)
+            ks[m.id] = min(((k0, md) for md in ("host", "stream")), key=lambda p: view.bytes_for(m.id, *p))
 
         def need(mid: str) -> int:
             k, mode = ks[mid]
@@ -255,7 +257,13 @@ class Planner(Policy):
         acts: list[Action] = []
         budget = int(view.budget * 0.97)  # a little slack: KV grows between plans
         total = sum(need(mid) for mid in ks)
-        # 1. if the minimums do not fit, preempt the busy, unpinned, least weighted model
+        # 1. if the minimums do not fit: recently active models without work leave
+        # first, then the busy, unpinned model with the least SLO weight is preempted
+        for m in sorted((m for m in active if not m.busy and not m.pin), key=lambda m: m.last_used):
+            if total <= budget:
+                break
+            total -= need(m.id)
+            del ks[m.id]
         victims = sorted((m for m in busy if not m.pin and not m.preempted),
                          key=lambda m: (m.slo_weight, -m.oldest_wait_s, m.id))
         while total > budget and victims:
@@ -319,7 +327,18 @@ class Planner(Policy):
                                     f"{', '.join(sorted(b.id for b in busy)) or 'the active models'}: weights to the {w} "
                                     f"(reload {self.reload_s(view, m, w) * 1e3:.0f} ms)", weights=w))
             other_bytes -= m.accel_bytes
-        # 4. moves with hysteresis: shrinks first (they free memory), then resumes, then growth
+        # 4. moves with hysteresis: only when the plan beats what is placed now by a
+        # margin (moves cost link time and stall decode), or something must change
+        # (a resume, an eviction, a pinned model below its minimum, over budget)
+        cur = {mid: (view.models[mid].resident, view.models[mid].mode) for mid in ks}
+        live = [b for b in busy if not b.preempted]
+        cv, cg = self._cost(view, cur, live)
+        pv, pg = self._cost(view, ks, live)
+        over = sum(view.bytes_for(mid, *cur[mid]) + view.models[mid].kv_bytes
+                   for mid in ks if not view.models[mid].preempted) > budget
+        must = over or bool(acts) or any(view.models[mid].preempted and view.models[mid].busy for mid in ks) \
+            or any(m.pin and m.resident < m.min_layers for m in pinned)
+        worth = (cv - pv) > 0.15 * max(cv, 0.2) or (pg < cg * 1.2 and pv <= cv)
         shrinks, grows, resumes = [], [], []
         for mid, (k, mode) in ks.items():
             m = view.models[mid]
@@ -337,7 +356,7 @@ class Planner(Policy):
                     resumes.append(Action(C.Resume(model=mid, residency=k / m.n_layers, mode=mode, pipelined=True),
                                           f"{mid} has work: resume pipelined to {k}/{m.n_layers} blocks ({mode}): {why}"))
                 continue
-            if m.climbing:
+            if m.climbing or not (must or worth):
                 continue
             lr = self._l(m)
             cur = (m.resident, m.mode)
@@ -350,10 +369,11 @@ class Planner(Policy):
             if k < m.resident and small:
                 continue
             lr.last_move = view.now
+            freed = m.accel_bytes - m.kv_bytes - view.bytes_for(mid, k, mode)
             act = Action(C.SetResidency(model=mid, residency=k / m.n_layers, mode=mode),
                          f"{mid} to {k / m.n_layers:.0%} {mode}: {why}"
-                         + (f"; frees {(m.accel_bytes - view.bytes_for(mid, k, mode)) / 2**20:.0f} MiB" if k < m.resident else ""))
-            (shrinks if k < m.resident else grows).append(act)
+                         + (f"; frees {freed / 2**20:.0f} MiB" if freed > 0 else ""))
+            (shrinks if freed > 0 else grows).append(act)
         return acts + shrinks + resumes + grows
 
     def on_decision(self, action: Action, ok: bool, view_now: float) -> None:
