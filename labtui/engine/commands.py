@@ -20,6 +20,9 @@ KVPolicy = Literal["keep", "swap", "drop"]
 WeightsPolicy = Literal["host", "disk"]
 # Every scheduling policy (labtui/engine/policies/; docs/policies.md).
 PolicyName = Literal["fcfs", "round_robin", "priority", "ollama", "llamacpp-router", "static-split", "planner"]
+# Policies that resume the models they preempted on their own (a run that waits on
+# such a model is not stuck).
+SELF_RESUMING = ("priority", "ollama", "llamacpp-router", "planner")
 WorkloadKind = Literal["closed", "poisson"]
 DistKind = Literal["fixed", "uniform", "lognormal"]
 

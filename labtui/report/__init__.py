@@ -93,6 +93,11 @@ def build_report(bundle_paths: list[str], out: str | Path | None = None) -> Path
         parts += [f"## {title}", f"![{title}]({stem}.png)", f"[SVG]({stem}.svg). {caption}".strip()]
     if all_runs:
         parts += ["## Sweep points (mean ± stddev over repetitions)", md.points(all_runs)]
+    from labtui.report import policies as pol_report
+
+    pol = pol_report.section(bundles, cols)  # bundles that swept the policy axis
+    if pol:
+        parts += ["## Policy comparison", pol]
     if prows:
         parts += ["## Preemptions", md.preemptions(prows)]
     if preds or reloads:

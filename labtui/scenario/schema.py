@@ -177,6 +177,7 @@ class Sweep(_Strict):
     pause_after_tokens: list[Annotated[int, Field(ge=0)]] | None = None
     weights: list[WeightsPolicy] | None = None
     kv: list[KVPolicy] | None = None
+    policy: list[PolicyName] | None = None  # the scheduling policy ([lab].policy)
     repeat: int | None = Field(None, ge=1, le=100)
     warmup_tokens: int | None = Field(None, ge=0, le=4096)
 
@@ -201,6 +202,7 @@ class Sweep(_Strict):
 
 # Product order: outermost first; residency innermost so a run walks the curve.
 AXES = (
+    "policy",
     "model",
     "sources",
     "link",

@@ -66,6 +66,7 @@ class _Learned:
     last_s: float = 0.0
     last_active: float = -1e9
     last_move: float = -1e9
+    last_refused: float = -1e9
     reports_seen: int = 0
 
 
@@ -91,6 +92,7 @@ class Planner(Policy):
         self.last_step: dict[str, float] = {}
         self.plan_rows: dict[str, PlanRow] = {}
         self._now = 0.0
+        self.compute_bw = 4e9  # bytes of weights computed per second, seed (learned)
 
     # ------------------------------------------------------------ step choice
     def pick(self, cands: list[Candidate]) -> tuple[str, str] | None:
@@ -158,6 +160,7 @@ class Planner(Policy):
             host_factor = view.host_slowdown if m.mode == "host" else 1.0
             blocks = k + (n - k) * host_factor + 1  # +1: embedding and head, about a block
             lr.compute_block_s = max(1e-6, (meas - stream) / blocks) if meas > stream else meas / blocks
+            self.compute_bw = 0.5 * self.compute_bw + 0.5 * m.block_bytes / lr.compute_block_s
         pred = self._model_step(view, m, lr, m.resident, m.mode, raw=True)
         if pred > 0:
             lr.scale = (1 - EWMA) * lr.scale + EWMA * (meas / pred)
@@ -165,8 +168,8 @@ class Planner(Policy):
     def _model_step(self, view: View, m: ModelView, lr: _Learned, k: int, mode: str, raw: bool = False) -> float:
         """Cost model: seconds per decode step with the first k blocks resident."""
         c = lr.compute_block_s
-        if c is None:  # seed: a block's bytes read at a modest rate
-            c = m.block_bytes / 20e9 + 2e-4
+        if c is None:  # seed: a block's bytes at the compute rate measured on other models
+            c = m.block_bytes / self.compute_bw
         n = m.n_layers
         t = c * (k + 1)
         off = n - k
@@ -352,11 +355,12 @@ class Planner(Policy):
             why = (f"predicted {1.0 / pred:.0f} tok/s, TPOT {tpot * 1e3:.0f} ms "
                    f"{'meets' if tpot <= slo[1] else 'misses'} its {slo[1] * 1e3:.0f} ms")
             if m.preempted:
-                if m.auto_preempted and m.busy:
-                    resumes.append(Action(C.Resume(model=mid, residency=k / m.n_layers, mode=mode, pipelined=True),
+                if m.auto_preempted and m.busy and view.now - self._l(m).last_refused > 0.3:
+                    resumes.append(Action(C.Resume(model=mid, residency=k / m.n_layers, mode=mode, pipelined=True,
+                                                   start_mode=mode),
                                           f"{mid} has work: resume pipelined to {k}/{m.n_layers} blocks ({mode}): {why}"))
                 continue
-            if m.climbing or not (must or worth):
+            if not (must or worth) or (m.climbing and not must):
                 continue
             lr = self._l(m)
             cur = (m.resident, m.mode)
@@ -379,3 +383,4 @@ class Planner(Policy):
     def on_decision(self, action: Action, ok: bool, view_now: float) -> None:
         if not ok and action.model in self.learned:
             self.learned[action.model].last_move = view_now  # do not retry at once
+            self.learned[action.model].last_refused = view_now
