@@ -18,6 +18,7 @@ from labtui.engine.policies.base import Action, LoadPlan, ModelView, View
 from labtui.errors import LabError, one_line
 
 PLAN_PERIOD_S = 0.05  # policies plan at most 20 times a second (moves cost link time)
+CLIMB_TICK_S = 0.02  # a pipelined resume's climb moves blocks for about this long per tick
 
 
 class PolicyDriver:
@@ -176,6 +177,9 @@ class PolicyDriver:
         self._pstate()["climbs"].pop(mid, None)
 
     def _advance_climbs(self) -> bool:
+        """Raise each climbing model's residency between steps: at least one block per
+        tick, more while the tick's moves took under CLIMB_TICK_S (so a slow link does
+        not stall decode for long, a fast one climbs in a few ticks)."""
         climbs = self._pstate()["climbs"]
         did = False
         for mid, (target, mode) in list(climbs.items()):
@@ -185,22 +189,25 @@ class PolicyDriver:
                     climbs.pop(mid, None)
                 continue
             hm = ms.hm
-            have = hm.resident_set()
-            missing = sorted(target - have)
-            if not missing and hm.mode == mode and have == target:
-                climbs.pop(mid, None)
-                self._emit("climb_done", model=mid, residency=hm.residency, mode=mode)
-                continue
-            nxt = (have & target) | ({missing[0]} if missing else set())
-            nxt_mode = mode if nxt == target else hm.mode
-            if hm.plan_cost(nxt, nxt_mode) > self.device.free:
-                continue  # waits for room; the policy or a finishing request frees it
-            try:
-                self._busy = f"resuming {mid}: block {len(nxt)}/{hm.n_layers}"
-                hm.set_placement(nxt, nxt_mode, reason="resume")
-                self._record_residency(ms)
-                did = True
-            except LabError as e:
-                self._emit("error", where=f"climb {mid}", message=one_line(e))
-                climbs.pop(mid, None)
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < CLIMB_TICK_S:
+                have = hm.resident_set()
+                missing = sorted(target - have)
+                if not missing and hm.mode == mode and have == target:
+                    climbs.pop(mid, None)
+                    self._emit("climb_done", model=mid, residency=hm.residency, mode=mode)
+                    break
+                nxt = (have & target) | ({missing[0]} if missing else set())
+                nxt_mode = mode if nxt == target else hm.mode
+                if hm.plan_cost(nxt, nxt_mode) > self.device.free:
+                    break  # waits for room; the policy or a finishing request frees it
+                try:
+                    self._busy = f"resuming {mid}: block {len(nxt)}/{hm.n_layers}"
+                    hm.set_placement(nxt, nxt_mode, reason="resume")
+                    self._record_residency(ms)
+                    did = True
+                except LabError as e:
+                    self._emit("error", where=f"climb {mid}", message=one_line(e))
+                    climbs.pop(mid, None)
+                    break
         return did

@@ -31,9 +31,10 @@ Hysteresis: a model is moved only when the target differs by at least
 ``MIN_MOVE_BLOCKS`` blocks (or it must shrink to make room, or it is below its
 minimum), and not within ``DWELL_S`` of its last move. Preempted models with work are
 resumed pipelined (decode starts when the embedding and first block are back; the
-residency climbs block by block). Step choice (admission order): earliest deadline
-first, a queued request's deadline its arrival + slo_ttft_s, a decoding model's its
-last step + slo_tpot_s, each divided by the model's slo_weight.
+residency climbs block by block). Step choice (admission order): a decode step
+whose TPOT deadline (last step + slo_tpot_s) has passed first; else prefills first
+(as vLLM), the one nearest its TTFT deadline (arrival + slo_ttft_s) first; else the
+decode with the least slack; slack divided by the model's slo_weight.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ DISK_GBPS_SEED = 2.0  # seed for a disk reload before one is measured
 @dataclass
 class _Learned:
     step_s: dict  # (k, mode) -> EWMA seconds per decode step
-    scale: float = 1.0  # measured / cost model, EWMA
+    extra_s: dict = None  # mode -> seconds one offloaded block adds per step (learned)
     compute_block_s: float | None = None  # seconds one block computes (resident)
     reload_s: dict = None  # weights ("host" | "disk") -> EWMA reload seconds
     rate: float = 0.0  # arrivals per second, EWMA
@@ -103,15 +104,19 @@ class Planner(Policy):
 
         t = time.perf_counter()
 
-        def deadline(c: Candidate) -> float:
+        def slack(c: Candidate) -> float:
             ttft, tpot, w = self.slo.get(c.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))
             if c.action == "prefill":
-                d = c.oldest + ttft - t
-            else:
-                d = self.last_step.get(c.id, t) + tpot - t
-            return d / w
+                return (c.oldest + ttft - t) / w
+            return (self.last_step.get(c.id, t) + tpot - t) / w
 
-        c = min(ready, key=lambda c: (deadline(c), c.id))
+        # A decode step whose TPOT deadline has passed goes first (most overdue first);
+        # otherwise prefills first, as vLLM does (a first token soon, TTFT), the one
+        # closest to its TTFT deadline first; then decodes, least slack first.
+        overdue = [c for c in ready if c.action == "decode" and slack(c) < 0]
+        prefills = [c for c in ready if c.action == "prefill"]
+        pool = overdue or prefills or ready
+        c = min(pool, key=lambda c: (slack(c), c.id))
         self.last_step[c.id] = t
         return c.id, c.action
 
@@ -119,7 +124,7 @@ class Planner(Policy):
     def _l(self, m: ModelView) -> _Learned:
         lr = self.learned.get(m.id)
         if lr is None:
-            lr = self.learned[m.id] = _Learned(step_s={}, reload_s={}, last_t=self._now,
+            lr = self.learned[m.id] = _Learned(step_s={}, reload_s={}, extra_s={}, last_t=self._now,
                                                last_tokens=m.decode_tokens, last_s=m.decode_s)
         return lr
 
@@ -152,34 +157,43 @@ class Planner(Policy):
             lr.reports_seen = len(m.reloads)
 
     def _calibrate(self, view: View, m: ModelView, lr: _Learned, meas: float) -> None:
-        # Solve the per-block compute time from a measurement at a known placement,
-        # then the scale of the whole cost model from it.
-        if lr.compute_block_s is None:
-            n, k = m.n_layers, m.resident
-            stream = (n - k) * m.block_bytes / (view.link_gbps * 1e9) if m.mode == "stream" else 0.0
-            host_factor = view.host_slowdown if m.mode == "host" else 1.0
-            blocks = k + (n - k) * host_factor + 1  # +1: embedding and head, about a block
-            lr.compute_block_s = max(1e-6, (meas - stream) / blocks) if meas > stream else meas / blocks
-            self.compute_bw = 0.5 * self.compute_bw + 0.5 * m.block_bytes / lr.compute_block_s
-        pred = self._model_step(view, m, lr, m.resident, m.mode, raw=True)
-        if pred > 0:
-            lr.scale = (1 - EWMA) * lr.scale + EWMA * (meas / pred)
+        """Fit the linear cost model to a measurement: at full residency it gives the
+        compute per block; at k blocks in a mode, the extra per offloaded block in
+        that mode (what streaming or host execution really costs on this machine)."""
+        n, k = m.n_layers, m.resident
+        if k == n or lr.compute_block_s is None:
+            c = meas / (n + 1) if k == n else None
+            if c is None:  # first measurement is partial: compute from the others' rate
+                c = m.block_bytes / self.compute_bw
+                if k < n:
+                    c = min(c, meas / (n + 1))
+            lr.compute_block_s = c if lr.compute_block_s is None or k < n else (1 - EWMA) * lr.compute_block_s + EWMA * c
+            if k == n:
+                self.compute_bw = 0.5 * self.compute_bw + 0.5 * m.block_bytes / lr.compute_block_s
+        if k < n:
+            extra = max(0.0, (meas - lr.compute_block_s * (n + 1)) / (n - k))
+            old = lr.extra_s.get(m.mode)
+            lr.extra_s[m.mode] = extra if old is None else (1 - EWMA) * old + EWMA * extra
 
     def _model_step(self, view: View, m: ModelView, lr: _Learned, k: int, mode: str, raw: bool = False) -> float:
-        """Cost model: seconds per decode step with the first k blocks resident."""
+        """Cost model: seconds per decode step with the first k blocks resident: every
+        block computes (c each, the embedding/head about one more), each offloaded
+        block adds its mode's extra (measured; seeded: stream = its bytes over the
+        link, no overlap assumed; host = (host_slowdown - 1) x its compute)."""
         c = lr.compute_block_s
         if c is None:  # seed: a block's bytes at the compute rate measured on other models
             c = m.block_bytes / self.compute_bw
         n = m.n_layers
-        t = c * (k + 1)
-        off = n - k
-        if off:
-            if mode == "stream":
-                # prefetch overlaps the copy of the next blocks with this one's compute
-                t += off * max(c, m.block_bytes / (view.link_gbps * 1e9))
+        t = c * (n + 1)
+        if k < n:
+            if mode in lr.extra_s:
+                extra = lr.extra_s[mode]
+            elif mode == "stream":
+                extra = m.block_bytes / (view.link_gbps * 1e9)
             else:
-                t += off * c * view.host_slowdown + 2 * 1e-5  # activations cross twice
-        return t if raw else t * lr.scale
+                extra = c * (view.host_slowdown - 1) + 2e-5
+            t += (n - k) * extra
+        return t
 
     def step_s(self, view: View, m: ModelView, k: int, mode: str) -> float:
         lr = self._l(m)
@@ -295,7 +309,9 @@ class Planner(Policy):
                     trial = dict(ks)
                     trial[mid] = (k + 1, mode2)
                     c = self._cost(view, trial, busy)
-                    gain = (base[0] - c[0]) * 1e3 + (base[1] - c[1])
+                    # SLO violation first, then goodput; then, at equal cost, residency
+                    # (a resident block costs nothing per step and needs no link)
+                    gain = (base[0] - c[0]) * 1e3 + (base[1] - c[1]) + 1e-9
                     score = gain / max(extra, 1)
                     if gain > 0 and (best is None or score > best[0]):
                         best = (score, mid, k + 1, mode2, extra)
