@@ -171,7 +171,9 @@ class PolicyDriver:
 
     # -- pipelined resume: residency climbs back block by block between steps
     def _start_climb(self, mid: str, target: set[int], mode: str) -> None:
-        self._pstate()["climbs"][mid] = (frozenset(target), mode)
+        # the token count at the last climb step: a block moves only after the model
+        # stepped again, so decode and the climb alternate (the first token comes first)
+        self._pstate()["climbs"][mid] = (frozenset(target), mode, self._models[mid].metrics.tokens)
 
     def _stop_climb(self, mid: str) -> None:
         self._pstate()["climbs"].pop(mid, None)
@@ -182,12 +184,15 @@ class PolicyDriver:
         not stall decode for long, a fast one climbs in a few ticks)."""
         climbs = self._pstate()["climbs"]
         did = False
-        for mid, (target, mode) in list(climbs.items()):
+        for mid, (target, mode, tokens) in list(climbs.items()):
             ms = self._models.get(mid)
             if ms is None or ms.hm is None or ms.state not in ("serving", "idle"):
                 if ms is None or ms.state not in ("preempting", "preempted", "resuming"):
                     climbs.pop(mid, None)
                 continue
+            if ms.metrics.tokens == tokens and (ms.queue or len(ms.batch)):
+                continue  # it has work and has not stepped since the last block moved
+            climbs[mid] = (target, mode, ms.metrics.tokens)
             hm = ms.hm
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < CLIMB_TICK_S:
