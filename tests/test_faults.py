@@ -5,7 +5,7 @@
 - `labtui run` killed (SIGKILL) mid-run: every complete line of events.jsonl and
   metrics.csv parses, and `labtui report` accepts the partial bundle, saying what
   is missing;
-- Ctrl-C (SIGINT) to `labtui run`: exit 130, the bundle finished, summary marked
+- Ctrl-C (SIGINT) or SIGTERM to `labtui run`: exit 130 / 143, the bundle finished, summary marked
   interrupted;
 - an unwritable --out (under a regular file; a read-only mount): one line, exit 2;
   the disk filling up mid-run: the run stops with one line, no traceback;
@@ -240,6 +240,70 @@ def test_request_accepted_just_before_its_model_is_unloaded_is_cancelled_with_an
         assert len(fin) == 1 and fin[0].data["reason"] == "unloaded"
 
 
+def test_close_ends_queued_commands_with_a_lab_error_promptly():
+    """close() while a slow command runs and another is queued behind it: the queued
+    one's future raises LabError("the engine is closed") at once (its caller does not
+    wait for the slow one, nor forever), the slow one completes, and nothing can be
+    queued afterwards."""
+    import threading
+
+    from labtui.engine import commands as C
+
+    eng = Engine(device="sim", memory_gib=0.5, link=20.0)
+    try:
+        eng.load("zoo:llama-5m", id="a")
+        started = threading.Event()
+
+        def slow():
+            started.set()
+            time.sleep(1.5)
+            return "slow done"
+
+        slow_fut = eng.submit_command(C.Note(text="x"))  # a real command ahead of the slow one
+        busy = threading.Thread(target=lambda: eng.on_worker(slow, timeout=30))
+        busy.start()
+        assert started.wait(10)
+        queued = eng.submit_command(C.Note(text="queued behind the slow one"))
+        closer = threading.Thread(target=eng.close)
+        t0 = time.monotonic()
+        closer.start()
+        with pytest.raises(LabError, match="the engine is closed"):
+            queued.result(timeout=1.0)  # promptly: long before the slow command ends
+        assert time.monotonic() - t0 < 1.0
+        assert slow_fut.result(5) is None
+        closer.join(30)
+        busy.join(30)
+        with pytest.raises(LabError, match="closed"):
+            eng.submit_command(C.Note(text="after close"))
+        with pytest.raises(LabError, match="closed"):
+            eng.on_worker(lambda: None, timeout=1)
+    finally:
+        eng.close()
+
+
+def test_wait_idle_waits_for_a_request_between_the_incoming_queue_and_its_model():
+    """wait_idle is exact: a request the worker has taken from the incoming queue but
+    not yet put in its model's queue is neither queued nor running, and wait_idle
+    must still wait for it (found by reading: it returned early)."""
+    with Engine(device="sim", memory_gib=0.5, link=20.0) as eng:
+        eng.load("zoo:llama-5m", id="a")
+        assert eng.wait_idle(10)
+        real = eng._enqueue
+
+        def slow_enqueue(req):
+            time.sleep(0.4)  # the worker is between the two queues
+            real(req)
+
+        eng._enqueue = slow_enqueue  # the worker calls self._enqueue
+        try:
+            req = eng.submit("a", [5, 6, 7], max_new_tokens=3)
+            time.sleep(0.1)  # the worker has taken it from the incoming queue
+            assert eng.wait_idle(30)
+            assert req.done.is_set() and req.state == "done", "wait_idle returned before the request finished"
+        finally:
+            eng._enqueue = real
+
+
 # ---------------------------------------------------------- labtui run
 def _scenario(tmp_path: Path) -> Path:
     p = tmp_path / "fault.toml"
@@ -300,19 +364,24 @@ def test_killed_run_leaves_a_readable_partial_bundle(tmp_path):
     assert "no summary.json" in md and "cut short" in md, md[:2000]
 
 
-def test_ctrl_c_stops_the_run_and_finishes_the_bundle(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"])
+def test_ctrl_c_stops_the_run_and_finishes_the_bundle(tmp_path, sig, code):
+    """Ctrl-C, and SIGTERM (kill, a service manager, a CI timeout) the same way: the
+    run stops after this step, the bundle is finished, summary.json marked interrupted,
+    exit 128 + the signal's number, as a shell reports a process ended by it."""
     out = tmp_path / "bundle"
     p = _start_run(tmp_path, out)
     _wait_for_finishes(p, out, 3)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     t0 = time.monotonic()
     stdout, stderr = p.communicate(timeout=60)
-    assert time.monotonic() - t0 < 30, "Ctrl-C took too long to stop the run"
-    assert p.returncode == 130, (p.returncode, stderr[-2000:])
+    assert time.monotonic() - t0 < 30, f"{sig.name} took too long to stop the run"
+    assert p.returncode == code, (p.returncode, stderr[-2000:])
     assert "Traceback" not in stderr
     assert "interrupted" in stderr.splitlines()[-1]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["runs_done"] == 1
+    assert summary["interrupted_by"] == sig.name
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert "point_end" in [e["kind"] for e in events]
     finished = sum(e["kind"] == "request_finish" for e in events)

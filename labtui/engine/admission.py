@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from labtui.engine import commands as C
 from labtui.engine.decode import Request
+from labtui.engine.devices import fmt_bytes
 from labtui.engine.preemption import resume_cost
 from labtui.engine.scheduler import Candidate
 from labtui.engine.state import ModelState
@@ -16,16 +17,88 @@ from labtui.engine.state import ModelState
 class Admission:
     """Admission control and make-room decisions."""
 
+    def _admission_need(self, ms: ModelState, req: Request) -> int:
+        """Extra bytes ``ms`` must reserve to admit ``req``: the batch's projected KV with
+        the new row (every row as long as the longest projected one, left padding),
+        minus the KV it already has, plus the prefill's workspace (reservation.py)."""
+        hm, batch = ms.hm, ms.batch
+        n = len(batch.rows) + 1
+        longest = max(_projected_len(req), max((_projected_len(r) for r in batch.rows), default=0))
+        p = len(req.prompt_ids)
+        merge = 0
+        if batch.rows:  # the new row's cache is concatenated into the batch's: both alive
+            cur_t = batch.mask.shape[1] if batch.mask is not None else 0
+            merge = n * max(cur_t, p) * hm.kv_per_token_accel()
+        return hm.headroom(n, longest, hm.accel_kv_last, p, merge) - hm._hold
+
     def _kv_fits(self, ms: ModelState, req: Request) -> bool:
-        """Admission control: the batch's KV at its longest must fit the budget."""
+        """Admission control: the batch's projected KV and step workspace must fit what
+        is free (budget - used - every model's reservation)."""
+        return self._admission_need(ms, req) <= self.device.free
+
+    def _set_plan(self, ms: ModelState, admitting: Request | None = None) -> None:
+        """Record the admitted rows (and the one being admitted) as the model's plan;
+        the next ``sync_reservation`` holds what the plan still needs."""
+        hm, rows = ms.hm, list(ms.batch.rows)
+        p = merge = 0
+        if admitting is not None:
+            p = len(admitting.prompt_ids)
+            if rows:
+                cur_t = ms.batch.mask.shape[1] if ms.batch.mask is not None else 0
+                merge = (len(rows) + 1) * max(cur_t, p) * hm.kv_per_token_accel()
+            rows.append(admitting)
+        hm.set_plan(len(rows), max((_projected_len(r) for r in rows), default=0), p, merge)
+
+    def expected_hold(self, ms: ModelState) -> int:
+        """The reservation ``ms`` must hold between steps, from its admitted requests
+        alone (for the invariant checks)."""
         hm = ms.hm
-        per_tok = hm.kv_per_token_accel()
-        if per_tok == 0:
-            return True
-        rows = ms.batch.rows + [req]
-        longest = max(len(r.prompt_ids) + r.max_new_tokens for r in rows)
-        projected = len(rows) * longest * per_tok
-        return projected - hm.accel_kv_last <= self.device.free
+        if hm is None or hm._paused_window or not ms.batch.rows:
+            return 0
+        longest = max(_projected_len(r) for r in ms.batch.rows)
+        return hm.headroom(len(ms.batch.rows), longest, hm.ledger().accel_kv)
+
+    def _never_fits(self, ms: ModelState, prompt_tokens: int, max_new_tokens: int) -> str | None:
+        """Why one request of this size could never be admitted, even with every other
+        model's reservation (and its KV) gone: None when it could. Runs in the caller's
+        thread on values the worker keeps up to date (ints: read atomically)."""
+        hm = ms.hm
+        if hm is None:
+            return None
+        base = self._policy_min_bytes(ms)  # where the policy may place it (policies/driver.py)
+        kv_ws = hm.headroom(1, prompt_tokens + max_new_tokens, 0, prompt_tokens)
+        need = base + kv_ws
+        others = sum(
+            max(0, o.hm._reserved - o.hm.accel_kv_last)
+            for o in list(self._models.values()) if o is not ms and o.hm is not None
+            and not self._policy_can_evict(o.id)  # a policy that evicts frees those (policies/driver.py)
+        )
+        budget = self.device.budget_bytes
+        avail = budget - others
+        if need <= avail:
+            return None
+        return (
+            f"a request of {prompt_tokens}+{max_new_tokens} tokens for {ms.id} needs {fmt_bytes(need)} on the "
+            f"accelerator ({fmt_bytes(base)} weights and buffers, {fmt_bytes(kv_ws)} KV and step workspace) but at "
+            f"most {fmt_bytes(max(0, avail))} of the {fmt_bytes(budget)} budget can be free for it (other models' "
+            "weights hold the rest); lower max_new_tokens or the prompt, lower a residency, or raise the budget"
+        )
+
+    def _note_wait(self, ms: ModelState, req: Request | None, need: int | None) -> None:
+        """A queued request that does not fit waits visibly: the reason in the snapshot,
+        one ``admission_wait`` event when it starts waiting."""
+        if req is None or need is None:
+            ms.waiting_reason = ""
+            return
+        free, held = self.device.free, self.device.reserved
+        ms.waiting_reason = (
+            f"{req.id} waits for accelerator memory: needs {fmt_bytes(need)}, {fmt_bytes(free)} free "
+            f"({fmt_bytes(held)} reserved for admitted requests)"
+        )
+        if ms.waiting_request != req.id:
+            ms.waiting_request = req.id
+            self._emit("admission_wait", model=ms.id, request=req.id, need_bytes=int(need), free_bytes=int(free),
+                       reserved_bytes=int(held), used_bytes=int(self.device.used))
 
     def _candidates(self) -> list[Candidate]:
         out = []
@@ -37,8 +110,15 @@ class Admission:
             if not running and not queued:
                 if ms.state == "serving":
                     ms.state = "idle"
+                ms.waiting_reason = ""
                 continue
-            can_admit = bool(queued) and running < ms.max_batch and self._kv_fits(ms, ms.queue[0])
+            can_admit = False
+            if queued and running < ms.max_batch:
+                need = self._admission_need(ms, ms.queue[0])
+                can_admit = need <= self.device.free
+                self._note_wait(ms, ms.queue[0], None if can_admit else need)
+            else:
+                self._note_wait(ms, None, None)
             oldest = min([r.t_submit for r in ms.batch.rows] + [r.t_submit for r in ms.queue])
             out.append(Candidate(ms.id, ms.priority, queued, running, can_admit, oldest))
         return out
@@ -59,7 +139,8 @@ class Admission:
         )
         # A preemption (kv swap, weights host) frees all the victim holds. If even all of
         # them would not make room, preempt nobody: the command is refused, nothing changed.
-        if need > self.device.free + sum(v.hm.ledger().accel_total for v in victims):
+        # A victim frees its ledger and the reservation of its admitted requests.
+        if need > self.device.free + sum(v.hm.ledger().accel_total + v.hm._hold for v in victims):
             return False
         for v in victims:
             if need <= self.device.free:
@@ -81,3 +162,8 @@ class Admission:
             self._do_resume(C.Resume(model=ms.id))
             did = True
         return did
+
+
+def _projected_len(r: Request) -> int:
+    """Tokens a request's row can reach: its prompt plus every token it may generate."""
+    return len(r.prompt_ids) + r.max_new_tokens

@@ -49,6 +49,7 @@ from labtui.engine.snapshot import (
 from labtui.engine.snapshots import SnapshotBuilder
 from labtui.engine.state import ModelState
 from labtui.engine.transfer import Link
+from labtui.engine.triggers import Armed, TokenTriggers
 from labtui.engine.worker import WorkerLoop
 from labtui.engine.workload import Workload
 from labtui.errors import LabError, one_line
@@ -99,6 +100,12 @@ class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
         self._incoming: queue.Queue = queue.Queue()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Queuing work and closing are ordered by this lock: whatever was queued
+        # before close() is seen (and ended) by the worker's shutdown.
+        self._submit_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._outstanding = 0  # requests submitted, not finished (wait_idle)
+        self._pending_cmds = 0  # commands queued, not yet applied
         self._models: dict[str, ModelState] = {}
         self._workloads: dict[str, Workload] = {}
         self._requests: dict[str, Request] = {}
@@ -115,6 +122,7 @@ class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
         self._snap_seq = 0
         self._snapshot = self._build_snapshot()
         self._pending_ids: set[str] = set()  # ids of models being loaded (validation)
+        self._triggers = TokenTriggers()  # commands armed on a token count (worker-owned)
         # Scheduler overhead: time per step outside the model's own prefill/decode
         # (policy, admission, bookkeeping, events, snapshot) vs the step itself.
         self.sched_stats = {"steps": 0, "step_s": 0.0, "overhead_s": 0.0}
@@ -164,9 +172,32 @@ class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
             self._emit("refused", command=cmd.action, reason=one_line(e))
             raise
         fut: Future = Future()
-        if isinstance(cmd, C.Load):
-            self._pending_ids.add(cmd.id or "")
-        self._cmds.put((cmd, fut))
+        with self._submit_lock:
+            closed = self._stop.is_set()
+            if not closed:
+                if isinstance(cmd, C.Load):
+                    self._pending_ids.add(cmd.id or "")
+                self._count(commands=1)
+                self._cmds.put((cmd, fut))
+        if closed:
+            self._emit("refused", command=cmd.action, reason="the engine is closed")
+            raise LabError("the engine is closed")
+        self._wake.set()
+        return fut
+
+    def submit_when_tokens(self, cmd: C._Cmd, model: str, tokens: int) -> Future:
+        """Validate ``cmd`` now; the worker applies it right after the step at which
+        ``model`` has generated ``tokens`` tokens in all (``tokens_generated``), before
+        its next step (triggers.py). Cancel the Future to disarm it."""
+        try:
+            self._model(model)
+            self._validate(cmd)
+        except LabError as e:
+            self._emit("refused", command=cmd.action, reason=one_line(e))
+            raise
+        fut: Future = Future()
+        armed = Armed(model, int(tokens), cmd, fut)
+        self.on_worker(lambda: self._triggers.arm(armed))
         self._wake.set()
         return fut
 
@@ -249,6 +280,9 @@ class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
             ids = [int(i) for i in prompt]
         if not ids:
             raise LabError("the prompt is empty; give text or at least one token id")
+        why = self._never_fits(ms, len(ids), max_new_tokens)
+        if why:  # it would wait forever: refuse now, with what it needs and what can be free
+            raise LabError(why)
         req = Request(
             id=f"r{next(self._ids)}",
             model=model,
@@ -260,7 +294,11 @@ class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
             workload=workload,
             t_submit=time.perf_counter(),
         )
-        self._incoming.put(req)
+        with self._submit_lock:
+            if self._stop.is_set():
+                raise LabError("the engine is closed")
+            self._count(requests=1)
+            self._incoming.put(req)
         self._wake.set()
         return req
 
@@ -287,30 +325,41 @@ class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
         )
 
     def wait_idle(self, timeout_s: float = 600.0) -> bool:
+        """True once no request is unfinished, no command unapplied and no workload
+        left to submit (exact: a request counts from submit() to its finish)."""
         end = time.perf_counter() + timeout_s
         while time.perf_counter() < end:
+            if self._stop.is_set():  # closed: the shutdown ended every request
+                self._thread.join(max(0.0, end - time.perf_counter()))
+                return not self._thread.is_alive() and self._outstanding == 0
             if self._idle():
                 # and the snapshot readers see the final state
-                self.on_worker(lambda: self._publish(force=True))
+                try:
+                    self.on_worker(lambda: self._publish(force=True))
+                except LabError:  # closed meanwhile
+                    pass
                 return True
             time.sleep(0.02)
         return False
 
     def _idle(self) -> bool:
-        if not self._cmds.empty() or not self._incoming.empty():
-            return False
+        with self._count_lock:
+            if self._outstanding or self._pending_cmds:
+                return False
         for w in list(self._workloads.values()):
             if not w.done:
-                return False
-        for ms in list(self._models.values()):
-            if ms.queue or (ms.batch is not None and len(ms.batch)):
                 return False
         return self._busy == "idle"
 
     def close(self) -> None:
-        if self._stop.is_set():
-            return
-        self._stop.set()
+        """Stop the worker: requests end cancelled ("engine closed"), queued commands
+        end with LabError("the engine is closed"), nobody waits forever."""
+        with self._submit_lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+        # Fail what is queued now, not after the command in progress (it may be slow).
+        self._fail_queued_commands(emit=False)
         self._wake.set()
         self._thread.join(timeout=30)
         self.link.close()
@@ -425,7 +474,10 @@ class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
     def on_worker(self, fn: Callable[[], object], timeout: float | None = 60):
         """Run ``fn`` on the worker thread between steps (a consistent state)."""
         fut: Future = Future()
-        self._cmds.put((fn, fut))
+        with self._submit_lock:
+            if self._stop.is_set():
+                raise LabError("the engine is closed")
+            self._cmds.put((fn, fut))
         self._wake.set()
         return fut.result(timeout)
 
@@ -434,15 +486,28 @@ class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
         self.on_worker(self._check_invariants_now)
 
     def _check_invariants_now(self) -> None:
-        total = 0
+        total = held = 0
+        dev = self.device
+        hms = []
         for ms in list(self._models.values()):
             if ms.hm is None:
                 continue
-            ms.hm.check_invariants()
-            total += ms.hm.ledger().accel_total
-        assert total == self.device.used, f"device accounting {self.device.used} != ledgers {total}"
-        assert self.device.used <= self.device.budget_bytes, (
-            f"budget exceeded: {fmt_bytes(self.device.used)} > {fmt_bytes(self.device.budget_bytes)}"
+            hm = ms.hm
+            hm.check_invariants()
+            hms.append(hm)
+            total += hm.ledger().accel_total
+            # the reservation is what the admitted requests still need, no more, no less
+            want = self.expected_hold(ms)
+            got = dev.hold_of(hm)
+            assert got == hm._hold == want, f"{ms.id} reserves {got} (model says {hm._hold}) but its admitted requests need {want}"
+            assert got >= 0
+            held += got
+        assert total == dev.used, f"device accounting {dev.used} != ledgers {total}"
+        assert held == dev.reserved, f"device reservations {dev.reserved} != the models' {held} (a stray reservation)"
+        assert set(dev.holders()) <= set(hms), "a reservation held for a model that is gone"
+        assert dev.used >= 0 and dev.reserved >= 0
+        assert dev.used + dev.reserved <= dev.budget_bytes, (
+            f"budget exceeded: {fmt_bytes(dev.used)} used + {fmt_bytes(dev.reserved)} reserved > {fmt_bytes(dev.budget_bytes)}"
         )
 
 

@@ -10,9 +10,11 @@ Two kinds share one interface (DESIGN.md, "Devices"):
   blocks executed on the host are slowed by ``host_slowdown``. It never claims to
   be a GPU: ``simulated`` is True and every label says "simulated".
 
-Budget accounting is explicit (``reserve``/``release`` by the hosted models'
-ledgers) on both kinds, so a move that would not fit is refused before anything
-is copied.
+Budget accounting is explicit on both kinds, so a move that would not fit is
+refused before anything is copied: ``reserve``/``release`` keep ``used`` equal to
+the hosted models' ledgers (bytes held now), ``set_hold`` keeps ``reserved``, the
+headroom promised to admitted requests (their KV still to come and the step's
+workspace, see reservation.py). ``free`` = budget - used - reserved.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ class Device:
         self.link = link
         self.host_slowdown = float(host_slowdown)
         self._reserved = 0  # bytes accounted by ledgers (weights, KV, buffers)
+        self._holds: dict[object, int] = {}  # owner -> headroom held for admitted requests
+        self._held = 0  # sum of _holds
         self._lock = threading.Lock()
         self._host_mem_t = -1.0
         self._host_mem = (0, 0, 0)
@@ -119,16 +123,41 @@ class Device:
         return self._reserved
 
     @property
+    def reserved(self) -> int:
+        """Headroom held for admitted requests (not yet used, already promised)."""
+        return self._held
+
+    @property
     def free(self) -> int:
-        return max(0, self.budget_bytes - self._reserved)
+        return max(0, self.budget_bytes - self._reserved - self._held)
 
     def check_fits(self, nbytes: int, what: str) -> None:
         if nbytes > self.free:
+            held = f", {fmt_bytes(self._held)} more reserved for admitted requests" if self._held else ""
             raise LabError(
                 f"{what} needs {fmt_bytes(nbytes)} on the accelerator but only "
-                f"{fmt_bytes(self.free)} of {fmt_bytes(self.budget_bytes)} is free; "
+                f"{fmt_bytes(self.free)} of {fmt_bytes(self.budget_bytes)} is free{held}; "
                 "lower a model's residency, preempt or unload one, or raise the budget"
             )
+
+    def set_hold(self, owner: object, nbytes: int) -> None:
+        """Set the headroom ``owner`` (a hosted model) holds for its admitted requests."""
+        nbytes = int(nbytes)
+        assert nbytes >= 0, "a negative reservation"
+        with self._lock:
+            self._held += nbytes - self._holds.get(owner, 0)
+            if nbytes:
+                self._holds[owner] = nbytes
+            else:
+                self._holds.pop(owner, None)
+            assert self._held >= 0, "reservation accounting went negative"
+
+    def hold_of(self, owner: object) -> int:
+        return self._holds.get(owner, 0)
+
+    def holders(self) -> list[object]:
+        with self._lock:
+            return list(self._holds)
 
     def reserve(self, nbytes: int) -> None:
         with self._lock:
@@ -140,10 +169,11 @@ class Device:
             assert self._reserved >= 0, "device accounting went negative"
 
     def set_budget(self, budget_bytes: int) -> None:
-        if budget_bytes < self._reserved:
+        if budget_bytes < self._reserved + self._held:
+            held = f" and {fmt_bytes(self._held)} reserved for admitted requests" if self._held else ""
             raise LabError(
                 f"a budget of {fmt_bytes(budget_bytes)} is below the {fmt_bytes(self._reserved)} "
-                "already in use; free memory first (lower residency, preempt or unload)"
+                f"already in use{held}; free memory first (lower residency, preempt or unload, or let requests finish)"
             )
         self.budget_bytes = int(budget_bytes)
 

@@ -176,6 +176,12 @@ class Handlers:
 
     def _do_launch_workload(self, cmd: C.LaunchWorkload) -> str:
         ms = self._models[cmd.model]
+        # refused if even its shortest request could never be admitted (it would wait forever)
+        shortest = {"fixed": cmd.prompt_tokens, "uniform": max(1, cmd.prompt_tokens // 2)}
+        new = {"fixed": cmd.max_new_tokens, "uniform": max(1, cmd.max_new_tokens // 2)}
+        why = self._never_fits(ms, shortest.get(cmd.prompt_dist, 1), new.get(cmd.output_dist, 1))
+        if why:
+            raise LabError(f"workload {cmd.id or ''} refused: {why}".replace("workload  ", "workload "))
         if ms.corpus is None:
             ms.corpus = corpus_ids(ms.hm.tokenizer)
         wid = cmd.id or f"w{next(self._ids)}"
@@ -201,6 +207,7 @@ class Handlers:
                 n += 1
             if ms.batch:
                 ms.batch.remove([r for r in ms.batch.rows if r.workload != w.id])
+                self._set_plan(ms)
                 ms.hm.sync_reservation()
         w.done = True  # nothing more will be submitted (``submitted`` stays what was)
         self._emit("workload_cancel", workload=w.id, model=w.model, cancelled=n, reason=reason)

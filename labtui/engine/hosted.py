@@ -35,6 +35,7 @@ from labtui.engine.checkpoint import Checkpoint
 from labtui.engine.devices import Device
 from labtui.engine.kvcache import KVPlacement
 from labtui.engine.placement import HOST, RESIDENT, STREAM, Placement
+from labtui.engine.reservation import Reservation, config_kv_bytes_per_token, dtype_size
 from labtui.engine.snapshot import Ledger
 from labtui.engine.streaming import Streaming, _BlockHook
 from labtui.engine.transfer import Link, Pending
@@ -43,7 +44,7 @@ from labtui.engine.units import ALIGN, Slot, Unit, find_decoder_blocks, split_un
 Emit = Callable[..., None]
 
 
-class HostedModel(Placement, Streaming, KVPlacement, Checkpoint):
+class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
     def __init__(
         self,
         model_id: str,
@@ -96,7 +97,13 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint):
         self.accel_kv_last = 0  # accelerator KV bytes after the last step (admission)
         self._kv_swapped = False  # preempted with kv=swap: accelerator KV is on the host
         self._paused_window = False  # preempted: no stream buffers held
-        self.kv_bytes_per_token = [0] * self.n_layers  # measured by warmup()
+        # KV bytes per token and block: from the config until the first prefill measures
+        # them (admission reserves before the first KV exists).
+        self.elsize = dtype_size(model)
+        self.kv_bytes_per_token = config_kv_bytes_per_token(self.config, self.n_layers, self.elsize)
+        self.kv_measured = False
+        self.plan = (0, 0, 0, 0)  # admitted rows, longest row, prefill tokens, merge bytes
+        self._hold = 0  # headroom held on the device for the plan (reservation.py)
         self.stream_bytes_moved = 0
         self.host_compute_s = 0.0
         self._pack_all_on_host()
@@ -129,7 +136,8 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint):
         return Ledger(accel_weights=aw, accel_kv=akv, accel_buffers=buf, host_weights=hw, host_kv=hkv)
 
     def sync_reservation(self, ledger: Ledger | None = None) -> None:
-        """Keep the device's accounting equal to this model's ledger."""
+        """Keep the device's accounting equal to this model's ledger, and its
+        reservation equal to what the admitted rows still need (reservation.py)."""
         ledger = ledger or self.ledger()
         self.accel_kv_last = ledger.accel_kv
         total = ledger.accel_total
@@ -139,11 +147,19 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint):
         elif delta < 0:
             self.device.release(-delta)
         self._reserved = total
+        hold = self.hold_for(ledger)
+        if hold != self._hold:
+            self.device.set_hold(self, hold)
+            self._hold = hold
 
     def release_reservation(self) -> None:
         if self._reserved:
             self.device.release(self._reserved)
             self._reserved = 0
+        self.plan = (0, 0, 0, 0)
+        if self._hold:
+            self.device.set_hold(self, 0)
+            self._hold = 0
 
     def unload(self) -> None:
         self.drain_prefetch()

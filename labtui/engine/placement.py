@@ -11,7 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from labtui.engine.snapshot import CELL_HOST, CELL_MOVING, CELL_RESIDENT, CELL_STREAM
+from labtui.engine.snapshot import (
+    CELL_HOST,
+    CELL_MOVING,
+    CELL_PARKED,
+    CELL_RELEASED,
+    CELL_RESIDENT,
+    CELL_STREAM,
+)
 from labtui.engine.transfer import D2H, H2D
 from labtui.engine.units import Unit
 from labtui.errors import LabError
@@ -70,8 +77,9 @@ class Placement:
         return need
 
     def plan_cost(self, resident: set[int], mode: str) -> int:
-        """Accelerator bytes the placement would add (negative: frees)."""
-        return self.placement_bytes(resident, mode, kv=True) - self.ledger().accel_total
+        """Accelerator bytes the placement would add (negative: frees), counting the
+        admitted requests' reservation at the new placement (reservation.py)."""
+        return self.claim_bytes(resident, mode) - self.ledger().accel_total - self._hold
 
     def set_placement(self, resident: set[int], mode: str, reason: str = "residency") -> None:
         """Move blocks so that exactly ``resident`` live on the accelerator and the rest
@@ -140,8 +148,23 @@ class Placement:
         )
 
     def layer_cells(self) -> str:
+        """One cell per block, from where its bytes are now: the placement says where a
+        block goes when the model serves, but a preempted model's blocks are parked in
+        host RAM or released (nothing left: reloaded from the checkpoint)."""
         code = {RESIDENT: CELL_RESIDENT, STREAM: CELL_STREAM, HOST: CELL_HOST}
-        return "".join(CELL_MOVING if i in self.moving else code[p] for i, p in enumerate(self.placement))
+        paused = self._paused_window or self.weights_released
+        out = []
+        for i, p in enumerate(self.placement):
+            b = self.blocks[i]
+            if i in self.moving:
+                out.append(CELL_MOVING)
+            elif b.accel_buf is None and b.host_buf is None:
+                out.append(CELL_RELEASED)
+            elif paused and b.accel_buf is None:
+                out.append(CELL_PARKED)
+            else:
+                out.append(code[p])
+        return "".join(out)
 
     def weight_bytes(self) -> int:
         if self._weight_bytes is None:

@@ -61,15 +61,12 @@ def preempt(hm: HostedModel, batch: Batch, kv: str, weights: str) -> PhaseReport
 
 def resume_cost(hm: HostedModel, report: PhaseReport, resident: set[int] | None = None, mode: str | None = None) -> int:
     """Accelerator bytes a resume will take: the placement it had (or ``resident`` in
-    ``mode``), plus its KV if it was swapped out (kept KV never left; dropped KV is
-    recomputed step by step)."""
+    ``mode``: a resume to another placement), its KV back (kept KV never left; swapped
+    KV comes back; dropped KV is recomputed) and the admitted requests' reservation,
+    released while preempted (reservation.py)."""
     if resident is None:
-        return hm.placement_bytes(hm.resident_set(), hm.mode, kv=report.kv == "swap")
-    mode = mode or hm.mode
-    need = hm.placement_bytes(resident, mode, kv=report.kv != "drop")
-    if report.kv == "keep":  # kept KV is already held on the accelerator
-        need -= hm.ledger().accel_kv
-    return need
+        resident = hm.resident_set()
+    return hm.claim_bytes(resident, mode or hm.mode) - hm.ledger().accel_total
 
 
 def _retarget(hm: HostedModel, resident: set[int], mode: str) -> list[tuple[int, bool]]:

@@ -34,3 +34,5 @@ class ModelState:
     last_text: str = ""
     eos: set = field(default_factory=set)
     corpus: list | None = None
+    waiting_reason: str = ""  # why the queue's head is not admitted ("" when it is not waiting)
+    waiting_request: str = ""  # the last request an admission_wait event was emitted for

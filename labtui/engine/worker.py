@@ -60,6 +60,7 @@ class WorkerLoop:
                 self._wake.clear()
         # shutdown: fail nothing silently. Requests running, queued or not yet picked
         # up end cancelled ("engine closed") with their request_finish event.
+        self._triggers.close()
         while True:
             try:
                 self._enqueue(self._incoming.get_nowait())
@@ -72,7 +73,33 @@ class WorkerLoop:
             elif not req.done.is_set():
                 req.state, req.finish_reason = "cancelled", "engine closed"
                 req.done.set()
+                self._count(requests=-1)
+        # Commands still queued will never run: their callers get a LabError, not a wait.
+        self._fail_queued_commands(emit=True)
         self._publish(force=True)
+
+    def _count(self, requests: int = 0, commands: int = 0) -> None:
+        """Submitted-but-unfinished requests and queued-but-unapplied commands, counted
+        where they enter and where they end, so ``wait_idle`` is exact (a request
+        between the incoming queue and its model's queue still counts)."""
+        with self._count_lock:
+            self._outstanding += requests
+            self._pending_cmds += commands
+            assert self._outstanding >= 0 and self._pending_cmds >= 0, "request/command counts went negative"
+
+    def _fail_queued_commands(self, emit: bool) -> None:
+        """End every queued command with LabError("the engine is closed")."""
+        while True:
+            try:
+                cmd, fut = self._cmds.get_nowait()
+            except queue.Empty:
+                return
+            if not callable(cmd):
+                self._count(commands=-1)
+                if emit:  # on the worker thread only: listeners expect to run there
+                    self._emit("refused", command=cmd.action, reason="the engine is closed")
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(LabError("the engine is closed"))
 
     def _tick(self) -> bool:
         did = False
@@ -83,6 +110,7 @@ class WorkerLoop:
                 break
             did = True
             self._apply(cmd, fut)
+        did |= self._fire_triggers()
         while True:
             try:
                 req = self._incoming.get_nowait()
@@ -100,7 +128,16 @@ class WorkerLoop:
         if pick is None:
             return did
         self._step(self._models[pick[0]], pick[1])
+        self._fire_triggers()  # between this step and the model's next: exact counts
         return True
+
+    def _fire_triggers(self) -> bool:
+        if not self._triggers:
+            return False
+        due = self._triggers.due(self._models)
+        for a in due:
+            self._apply(a.cmd, a.fut)
+        return bool(due)
 
     def _apply(self, cmd, fut: Future) -> None:
         if callable(cmd):  # an internal call that must see a consistent state (tests)
@@ -112,6 +149,12 @@ class WorkerLoop:
             return
         if isinstance(cmd, C.Load):
             self._pending_ids.discard(cmd.id or "")
+        try:
+            self._apply_cmd(cmd, fut)
+        finally:
+            self._count(commands=-1)
+
+    def _apply_cmd(self, cmd, fut: Future) -> None:
         if not fut.set_running_or_notify_cancel():
             return
         try:
@@ -139,6 +182,7 @@ class WorkerLoop:
             id=f"r{next(self._ids)}", model=w.model, prompt_ids=ids, max_new_tokens=n, greedy=greedy,
             temperature=w.cmd.temperature, seed=seed, workload=w.id, t_submit=time.perf_counter(),
         )
+        self._count(requests=1)
         self._enqueue(req)
         return req.id
 
@@ -153,6 +197,7 @@ class WorkerLoop:
                        tpot_s=None, e2e_s=_r(time.perf_counter() - req.t_submit), queue_s=None, paused_s=0.0,
                        reason="unloaded")
             req.done.set()
+            self._count(requests=-1)
             return
         self._requests[req.id] = req
         ms.queue.append(req)
@@ -166,14 +211,18 @@ class WorkerLoop:
         try:
             if action == "prefill":
                 req = ms.queue.popleft()
+                # admission reserves the request's projected KV and the prefill's workspace
+                self._set_plan(ms, admitting=req)
+                hm.sync_reservation()
                 batch.admit(req, t0, ms.eos)
                 self._emit("request_start", model=ms.id, request=req.id, workload=req.workload,
                            prompt_tokens=len(req.prompt_ids), queue_s=round(t0 - req.t_submit, 6))
-                if not any(hm.kv_bytes_per_token):
+                if not hm.kv_measured:
                     self._measure_kv_per_token(hm, len(req.prompt_ids))
                 finished = batch.remove_finished()
                 tokens = 1
             else:
+                rows = list(batch.rows)
                 tokens = len(batch)
                 finished = batch.decode_step(ms.eos)
         except Exception as e:
@@ -186,6 +235,10 @@ class WorkerLoop:
         led = hm.ledger()
         bytes_read = hm.weight_bytes() + led.accel_kv + led.host_kv  # gpt-fast's bytes per step
         ms.metrics.on_step(now, tokens, now - t0, bytes_read, decode=(action == "decode"))
+        if action == "decode":
+            for r in rows:
+                r.decode_s += (now - t0) / len(rows)
+        self._set_plan(ms)  # finished rows release their reservation
         hm.sync_reservation(led)
         for req in finished:
             self._finish(ms, req, cancelled=False, reason=req.finish_reason)
@@ -199,6 +252,7 @@ class WorkerLoop:
                 b = (layer.keys[0:1].numel() * layer.keys.element_size() * 2) // max(1, layer.keys.shape[-2])
             per.append(b)
         hm.kv_bytes_per_token = per
+        hm.kv_measured = True
 
     def _step_failed(self, ms: ModelState, e: Exception, also: list[Request] = ()) -> None:
         msg = one_line(e)
@@ -210,6 +264,7 @@ class WorkerLoop:
             req.error = msg
             self._finish(ms, req, cancelled=False, reason="failed")
         ms.batch.clear()
+        self._set_plan(ms)
         ms.hm.sync_reservation()
         if oom:
             # Fall back to a smaller residency so the model can keep serving.
@@ -244,6 +299,7 @@ class WorkerLoop:
             prompt_tokens=len(req.prompt_ids), new_tokens=len(req.out_ids), digest=req.digest(),
             ttft_s=_r(req.ttft_s), tpot_s=_r(req.tpot_s), e2e_s=_r(now - req.t_submit),
             queue_s=_r((req.t_start or now) - req.t_submit), paused_s=_r(req.paused_s), reason=req.finish_reason,
+            decode_s=_r(req.decode_s),
         )
         if req.workload and req.workload in self._workloads:
             w = self._workloads[req.workload]
@@ -253,6 +309,7 @@ class WorkerLoop:
                 self._emit("workload_done", workload=w.id, model=w.model, completed=w.completed, cancelled=w.cancelled)
         self._requests.pop(req.id, None)
         req.done.set()
+        self._count(requests=-1)
 
     def _emit(self, _kind: str, **data) -> None:
         with self._ev_lock:

@@ -167,10 +167,11 @@ def timeseries_figure(metrics_by_bundle: dict[str, list[dict]], out: Path) -> st
             by[str(r.get("model"))].append(r)
         for m, rs in sorted(by.items()):
             ts = [r["t"] for r in rs]
-            axes[0][j].plot(ts, [r.get("tok_s") or 0 for r in rs], label=m)
+            # served tok/s (wall time); bundles before it was named carried "tok_s"
+            axes[0][j].plot(ts, [r.get("served_tok_s", r.get("tok_s")) or 0 for r in rs], label=m)
             axes[1][j].step(ts, [r.get("resident_layers") or 0 for r in rs], where="post", label=m)
         axes[0][j].set_title(b, fontsize=9)
-        axes[0][j].set_ylabel("tok/s")
+        axes[0][j].set_ylabel("served tok/s")
         axes[1][j].set_ylabel("resident layers")
         axes[1][j].set_xlabel("seconds since the run began")
         for ax in (axes[0][j], axes[1][j]):

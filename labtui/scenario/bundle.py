@@ -28,8 +28,8 @@ from typing import Any
 from labtui.errors import LabError, one_line
 
 METRICS_COLUMNS = (
-    "t", "model", "state", "residency", "resident_layers", "mode", "tok_s", "tok_s_overall",
-    "tokens", "accel_weights_bytes", "accel_kv_bytes", "host_bytes", "queued", "running",
+    "t", "model", "state", "residency", "resident_layers", "mode", "served_tok_s", "decode_tok_s",
+    "paused_weights", "paused_kv", "tokens", "accel_weights_bytes", "accel_kv_bytes", "host_bytes", "queued", "running",
     "completed", "device_used_bytes", "point", "rep",
 )  # fmt: skip
 SAMPLE_S = 0.25

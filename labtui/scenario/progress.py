@@ -47,11 +47,11 @@ class Progress:
         if self._live is None or snap is None:
             return
         t = Table(box=None, pad_edge=False, header_style="bold")
-        for col in ("model", "state", "layers", "mode", "tok/s", "tokens", "queued", "running", "done"):
+        for col in ("model", "state", "layers", "mode", "served tok/s", "tokens", "queued", "running", "done"):
             t.add_column(col, justify="right" if col not in ("model", "state", "mode") else "left")
         for m in snap.models:
             t.add_row(m.id, m.state, f"{m.resident_layers}/{m.n_layers}", m.mode,
-                      f"{m.tok_s:.1f}", str(m.tokens_generated), str(m.queued), str(m.running),
+                      "-" if m.served_tok_s is None else f"{m.served_tok_s:.1f}", str(m.tokens_generated), str(m.queued), str(m.running),
                       str(m.completed))
         dev = snap.device
         head = Text(f"{self.title} · {self.head} · {elapsed:.1f}s · {dev.kind}"

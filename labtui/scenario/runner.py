@@ -5,7 +5,7 @@ the scenario's models loaded, an optional warm-up request per model (excluded
 from timing), then workloads and timeline driven by ``Schedule`` until the
 timeline is done and every workload has finished. Events are written as they
 happen (a listener on the engine's worker thread), metrics sampled on a thread,
-summary.json written last, also after Ctrl-C (marked interrupted).
+summary.json written last, also after Ctrl-C or SIGTERM (marked interrupted).
 """
 
 from __future__ import annotations
@@ -40,11 +40,13 @@ class RunResult:
     path: Path
     summary: dict
     interrupted: bool = False
+    signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
 
 
 @dataclass
 class _RunState:
     stop: str | None = None  # None | "interrupted" | "timed_out" | "write_failed"
+    signal: int | None = None  # what interrupted it
     warnings: list[str] = field(default_factory=list)
 
 
@@ -57,7 +59,7 @@ def cli_run(args: Any) -> int:
                        argv=["labtui", *sys.argv[1:]])
     if res.interrupted:
         print(f"labtui: interrupted; partial results in {res.path}", file=sys.stderr)
-        return 130
+        return 128 + (res.signal or signal.SIGINT)  # the shell's code: 130 (Ctrl-C), 143 (SIGTERM)
     print(res.path)
     return 0
 
@@ -136,7 +138,7 @@ class _Run:
                   + (f"--device {self.device} applied to [device].kind\n" if self.device else ""))
         self.writer.write_text("scenario.toml", scenario_to_toml(self.scn, header=header))
         self.writer.on_fail = lambda e: setattr(self.state, "stop", "write_failed")
-        old = self._install_sigint()
+        old = self._install_signals()
         self._sampler.start()
         try:
             with self.progress:
@@ -153,31 +155,39 @@ class _Run:
             raise
         except KeyboardInterrupt:  # a second Ctrl-C: stop now, still write the summary
             self.state.stop = "interrupted"
+            self.state.signal = self.state.signal or signal.SIGINT
         finally:
             self._sampler.stop()
             self._close_engine()
             summary = self._summary()
-            if old is not None:
-                signal.signal(signal.SIGINT, old)
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
             if self.writer.failed is None:
                 self.writer.write_json("summary.json", summary)
             self.writer.close()
             if self.writer.failed is not None:
                 # nothing more can be recorded: one line, and the run stops here
                 raise LabError(self.writer.failure_message())
-        return RunResult(self.writer.path, summary, self.state.stop == "interrupted")
+        return RunResult(self.writer.path, summary, self.state.stop == "interrupted", self.state.signal)
 
-    def _install_sigint(self):
+    def _install_signals(self) -> dict:
+        """Ctrl-C and SIGTERM (a service manager, ``kill``, a CI timeout) both stop the
+        run after this step with the bundle finished; a second one stops at once."""
         if threading.current_thread() is not threading.main_thread():
-            return None
+            return {}
 
         def handler(signum, frame):
             if self.state.stop == "interrupted":
                 raise KeyboardInterrupt
             self.state.stop = "interrupted"
-            self.progress.line("Ctrl-C: stopping after this step (again to stop at once)", "yellow")
+            self.state.signal = signum
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self.progress.line(f"{what}: stopping after this step (again to stop at once)", "yellow")
 
-        return signal.signal(signal.SIGINT, handler)
+        old = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            old[signum] = signal.signal(signum, handler)
+        return old
 
     # -- one point, one repetition ---------------------------------------
 
@@ -323,6 +333,7 @@ class _Run:
             "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "wall_s": time.monotonic() - self.t0,
             "interrupted": self.state.stop == "interrupted",
+            "interrupted_by": signal.Signals(self.state.signal).name if self.state.signal else None,
             "timed_out": self.state.stop == "timed_out",
             "error": self.error,
             "quick": self.quick,
@@ -369,8 +380,12 @@ class _Sampler:
             t = round(time.monotonic() - self.run.t0, 3)
             rows = [{
                 "t": t, "model": m.id, "state": m.state, "residency": m.residency,
-                "resident_layers": m.resident_layers, "mode": m.mode, "tok_s": m.tok_s,
-                "tok_s_overall": m.tok_s_overall, "tokens": m.tokens_generated,
+                "resident_layers": m.resident_layers, "mode": m.mode,
+                "served_tok_s": m.served_tok_s, "decode_tok_s": m.decode_tok_s,
+                # while preempted: where the weights (host | disk) and KV are
+                "paused_weights": (m.paused_where or ("", ""))[0],
+                "paused_kv": (m.paused_where or ("", ""))[1],
+                "tokens": m.tokens_generated,
                 "accel_weights_bytes": m.ledger.accel_weights, "accel_kv_bytes": m.ledger.accel_kv,
                 "host_bytes": m.ledger.host_total, "queued": m.queued, "running": m.running,
                 "completed": m.completed, "device_used_bytes": snap.device.used_bytes,

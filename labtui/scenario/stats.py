@@ -36,9 +36,13 @@ def mean_std(xs: list[float]) -> dict[str, Any]:
 def run_stats(events: list[dict]) -> dict[str, dict[str, Any]]:
     """Per model, from the timed request_finish events of one run.
 
-    decode_tok_s: tokens after the first over the time they took (the study's decode
-    speed, per request, pooled); throughput_tok_s: all new tokens over the span
-    from the first request start to the last finish (counts batching).
+    decode_tok_s: the lab's decode tok/s (the card's and the chart's definition):
+    tokens made by decode steps (all but each request's first) per second of the
+    model's own decode steps, from each request's share of its steps' time
+    (``decode_s``); bundles without it fall back to wall time between a request's
+    first and last token (TPOT). served_tok_s: the same tokens per wall second from
+    the first request start to the last finish; throughput_tok_s: all new tokens
+    (first ones included) over that span.
     """
     fin: dict[str, list[dict]] = defaultdict(list)
     first_start: dict[str, float] = {}
@@ -54,9 +58,13 @@ def run_stats(events: list[dict]) -> dict[str, dict[str, Any]]:
     for m, rs in fin.items():
         tokens = sum(int(r.get("new_tokens") or 0) for r in rs)
         dec_tok = dec_s = 0.0
+        busy = all(r.get("decode_s") is not None for r in rs)
         for r in rs:
             n, tpot = int(r.get("new_tokens") or 0), r.get("tpot_s")
-            if n > 1 and tpot:
+            if busy and n > 1:
+                dec_tok += n - 1
+                dec_s += r["decode_s"]
+            elif n > 1 and tpot:
                 dec_tok += n - 1
                 dec_s += (n - 1) * tpot
         start = first_start.get(m, min(r["t"] - (r.get("e2e_s") or 0) for r in rs))
@@ -67,6 +75,7 @@ def run_stats(events: list[dict]) -> dict[str, dict[str, Any]]:
             "requests": len(rs),
             "tokens": tokens,
             "decode_tok_s": dec_tok / dec_s if dec_s > 0 else None,
+            "served_tok_s": dec_tok / span if span > 0 else None,
             "throughput_tok_s": tokens / span if span > 0 else None,
             "ttft_p50": percentile(ttft, 0.5),
             "ttft_p95": percentile(ttft, 0.95),

@@ -8,7 +8,9 @@ lab's own keys by Textual's Pilot (App.run_test), saved with App.save_screenshot
   stepping both models' sliders down as a user would;
 - lab-moving.svg: a model mid-move (the link slowed so the move is visible);
 - lab-preemption.svg: a preemption (kv swap, weights disk) and its resume, with
-  the four-phase breakdown.
+  the four-phase breakdown;
+- lab-preempted.svg / lab-preempted-80x24.svg: both models preempted at once,
+  llama's weights parked in host RAM (▄), qwen's released to disk (▁).
 
 Timings are real, so numbers differ between runs; the states are the same.
 Takes about a minute.
@@ -72,6 +74,12 @@ async def set_layers(pilot, app, model: str, k: int) -> None:
     await pilot.pause(card.slider.DEBOUNCE_S + 0.1)
 
 
+async def _preempt_both(pilot, eng) -> None:
+    eng.preempt("llama", kv="swap", weights="host")
+    eng.preempt("qwen", kv="drop", weights="disk")
+    await pilot.pause(1.5)  # the lab's next refreshes
+
+
 def _layers(eng, model: str) -> int:
     m = eng.snapshot().model(model)
     return m.resident_layers if m else -1
@@ -79,7 +87,7 @@ def _layers(eng, model: str) -> int:
 
 async def shoot(out: Path, log: Callable[[str], None] = lambda m: None) -> list[Path]:
     from labtui.tui.app import LabApp
-    from labtui.tui.widgets.chart import SETTLE_S
+    from labtui.tui.widgets.chart import MIN_DECODE_S
 
     log("starting the engine (sim, llama-30m + qwen3-10m)…")
     eng = make_engine()
@@ -114,9 +122,11 @@ async def shoot(out: Path, log: Callable[[str], None] = lambda m: None) -> list[
                     ),
                     20,
                 )
-                await pilot.pause(SETTLE_S + 0.8)
+                # enough decode time at each condition for a point (the model's own
+                # time: sharing the CPU with the other model, about twice that)
+                await pilot.pause(3 * MIN_DECODE_S + 1.5)
             save(app, "lab-chart.svg")
-            chart_points = {key: dict(s.points) for key, s in app.chart_data.series.items()}
+            chart_points = [(s, dict(s.points)) for s in app.chart_data.series.values()]
 
             log("a model mid-move (link slowed to 0.02 GB/s)…")
             from labtui.engine.commands import SetDeviceOptions
@@ -161,13 +171,24 @@ async def shoot(out: Path, log: Callable[[str], None] = lambda m: None) -> list[
             await pilot.pause(2.0)
             save(app, "lab-preemption.svg")
 
+            log("both models preempted: llama's weights on the host, qwen's on disk…")
+            await _preempt_both(pilot, eng)
+            save(app, "lab-preempted.svg")
+            for m in ("llama", "qwen"):
+                eng.resume(m)
+
         app = LabApp(eng)
         async with app.run_test(size=NARROW) as pilot:
             await pilot.pause(0.5)  # first snapshot: series colours assigned
-            for (m, mode), pts in chart_points.items():
-                n = eng.snapshot().model(m).n_layers
+            await _preempt_both(pilot, eng)
+            save(app, "lab-preempted-80x24.svg")
+            for m in ("llama", "qwen"):
+                eng.resume(m)
+            for s, pts in chart_points:
                 for k, v in pts.items():
-                    app.chart_data.add_point(m, k, n, v, index=app.series.get(m, 0), mode=mode)
+                    app.chart_data.add_point(s.model, k, s.n_layers, v, index=app.series.get(s.model, 0),
+                                             mode=s.mode, prefetch=s.prefetch, link=s.link,
+                                             host_slowdown=s.host_slowdown)
             await pilot.press("3")
             await pilot.pause(1.0)
             save(app, "lab-chart-80x24.svg")

@@ -146,6 +146,8 @@ class LoadPlan:
 class Policy:
     name = "?"
     preempts = False  # the engine's priority make-room (admission.py) applies
+    evicts = False  # it evicts models to make room on its own (admission counts on it)
+    places = False  # it chooses every model's residency (admission counts on the smallest)
 
     def pick(self, cands: list[Candidate]) -> tuple[str, str] | None:
         ready = [c for c in cands if c.runnable]

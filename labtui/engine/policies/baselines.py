@@ -54,6 +54,7 @@ class Ollama(Policy):
     """
 
     name = "ollama"
+    evicts = True
 
     def __init__(self, max_loaded: int = 3, keep_alive: float = 5.0):
         self.max_loaded = max_loaded
@@ -115,6 +116,7 @@ class LlamaCppRouter(Policy):
     """
 
     name = "llamacpp-router"
+    evicts = True
 
     def __init__(self, models_max: int = 4):
         self.models_max = models_max

@@ -96,6 +96,23 @@ class PolicyDriver:
             block_bytes=max((b.nbytes for b in hm.blocks), default=0),
         )
 
+    def _policy_can_evict(self, mid: str) -> bool:
+        """Whether the policy may evict this model to make room (not when pinned)."""
+        if not getattr(self.policy, "evicts", False):
+            return False
+        spec = self._pstate()["specs"].get(mid)
+        return not (spec is not None and spec.pin)
+
+    def _policy_min_bytes(self, ms) -> int:
+        """Accelerator bytes the model's weights need at the least: where it is, or,
+        under a policy that places models itself, its smallest placement."""
+        hm = ms.hm
+        if getattr(self.policy, "places", False):
+            spec = self._pstate()["specs"].get(ms.id)
+            low = hm.layers_for_fraction(spec.min_residency) if spec is not None and spec.pin else set()
+            return min(hm.placement_bytes(low, m) for m in ("host", "stream"))
+        return hm.placement_bytes(hm.resident_set(), hm.mode)
+
     def _host_free(self) -> int:
         _, used, total = self.device._host_memory()  # cached: refreshed twice a second
         return total - used

@@ -86,6 +86,8 @@ class PlanRow:
 
 class Planner(Policy):
     name = "planner"
+    evicts = True
+    places = True
 
     def __init__(self):
         self.learned: dict[str, _Learned] = {}

@@ -11,6 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from labtui.tui.widgets.layer_map import LEGEND
+from labtui.tui.widgets.model_card import RATES_TIP
 
 KEYS: list[tuple[str, str]] = [
     ("tab / shift+tab", "next / previous model card"),
@@ -59,6 +60,7 @@ class HelpScreen(ModalScreen):
             yield Static(table)
             yield Static(Text(MOUSE), classes="modal-help")
             yield Static(Text("Layer map: " + LEGEND), classes="modal-help")
+            yield Static(Text("Speed: " + RATES_TIP), classes="modal-help")
             yield Static(
                 Text(
                     "Residency = decoder blocks whose weights live on the accelerator. "
