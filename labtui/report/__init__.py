@@ -97,7 +97,8 @@ def build_report(bundle_paths: list[str], out: str | Path | None = None) -> Path
 
     pol = pol_report.section(bundles, cols)  # bundles that swept the policy axis
     if pol:
-        parts += ["## Policy comparison", pol]
+        stem = pol_report.figure(bundles, cols, out)
+        parts += ["## Policy comparison"] + ([f"![SLO attainment by policy]({stem}.png)"] if stem else []) + [pol]
     if prows:
         parts += ["## Preemptions", md.preemptions(prows)]
     if preds or reloads:

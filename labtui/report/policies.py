@@ -167,3 +167,33 @@ def section(bundles: list[Any], cols: list[str]) -> str | None:
     return ("Mean ± 95% confidence interval over repetitions (Student's t; blank without "
             "repetitions). SLO attainment: share of requests (weighted by slo_weight) meeting "
             "their model's TTFT and TPOT targets. See labtui/report/policies.py.\n\n" + "\n\n".join(parts))
+
+
+def figure(bundles: list[Any], cols: list[str], out: Any) -> str | None:
+    """SLO attainment per policy, one group of bars per bundle (workload), with the
+    95% confidence interval as error bars. Returns the file stem, or None."""
+    tables = [(c, by_policy(b)) for c, b in zip(cols, bundles, strict=True)]
+    tables = [(c, t) for c, t in tables if t]
+    if not tables:
+        return None
+    from labtui.report.plots import _save, plt
+
+    pols = sorted({p for _, t in tables for p in t}, key=lambda p: (p == "planner", p))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(tables) * len(pols) / 3), 3.8))
+    width = 0.8 / len(pols)
+    for j, pol in enumerate(pols):
+        xs, ys, es = [], [], []
+        for i, (_, t) in enumerate(tables):
+            d = t.get(pol, {}).get("attainment")
+            if d and d["mean"] is not None:
+                xs.append(i + (j - (len(pols) - 1) / 2) * width)
+                ys.append(d["mean"])
+                es.append(d["ci"] or 0.0)
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=pol,
+               color="#c44e52" if pol == "planner" else None)
+    ax.set_xticks(range(len(tables)), [c.removeprefix("bench-") for c, _ in tables])
+    ax.set_ylabel("SLO attainment")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncol=min(4, len(pols)))
+    ax.set_title("Requests meeting their model's TTFT and TPOT targets, by policy")
+    return _save(fig, out, "policies")

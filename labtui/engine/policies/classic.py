@@ -39,6 +39,7 @@ class Priority(Policy):
 
     name = "priority"
     preempts = True
+    evicts = True  # its make-room preempts idle models (admission.py)
 
     def choose(self, ready):
         return min(ready, key=lambda c: (-c.priority, c.oldest, c.id))
