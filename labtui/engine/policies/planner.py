@@ -46,7 +46,7 @@ from labtui.engine.policies.base import Action, Candidate, LoadPlan, ModelView, 
 
 ACTIVE_S = 1.5  # a model that had work this recently is planned for as active
 MIN_MOVE_BLOCKS = 2
-DWELL_S = 2.0
+DWELL_S = 4.0
 EWMA = 0.3
 DEFAULT_TTFT_S = 2.0  # objectives for models whose Load gives none
 DEFAULT_TPOT_S = 0.25
@@ -191,7 +191,9 @@ class Planner(Policy):
             if mode in lr.extra_s:
                 extra = lr.extra_s[mode]
             elif mode == "stream":
-                extra = m.block_bytes / (view.link_gbps * 1e9)
+                # at least a block's compute: copying its bytes in costs about what
+                # reading them does (no overlap assumed until measured)
+                extra = max(m.block_bytes / (view.link_gbps * 1e9), c)
             else:
                 extra = c * (view.host_slowdown - 1) + 2e-5
             t += (n - k) * extra
@@ -359,7 +361,7 @@ class Planner(Policy):
                    for mid in ks if not view.models[mid].preempted) > budget
         must = over or bool(acts) or any(view.models[mid].preempted and view.models[mid].busy for mid in ks) \
             or any(m.pin and m.resident < m.min_layers for m in pinned)
-        worth = (cv - pv) > 0.15 * max(cv, 0.2) or (pg < cg * 1.2 and pv <= cv)
+        worth = (cv - pv) > 0.3 * max(cv, 0.2) or (pg < cg * 1.3 and pv <= cv)
         shrinks, grows, resumes = [], [], []
         for mid, (k, mode) in ks.items():
             m = view.models[mid]
