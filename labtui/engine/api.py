@@ -40,8 +40,9 @@ from labtui.engine.events import Event
 from labtui.engine.handlers import Handlers, _default_id
 from labtui.engine.hosted import HOST, RESIDENT, STREAM
 from labtui.engine.limits import COMMAND_LOG_MAX, MAX_EVENTS, SCHED_SAMPLES_KEPT
+from labtui.engine.policies import make_policy
+from labtui.engine.policies.driver import PolicyDriver
 from labtui.engine.preemption import check_preempt
-from labtui.engine.scheduler import make_policy
 from labtui.engine.snapshot import (
     EngineSnapshot,
     PhaseReport,
@@ -69,7 +70,7 @@ class GenerationResult:
     request_id: str = ""
 
 
-class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
+class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
     def __init__(
         self,
         device: str = "auto",

@@ -19,6 +19,9 @@ and a flat JSON-able payload. Kinds and their payload keys:
   failed: its step raised, see the ``error`` event; engine closed). Every request
   submitted to the engine ends with exactly one request_finish.
 - ``workload_start`` / ``workload_done`` / ``workload_cancel``: workload, model, ...
+- ``policy_decision``: policy, model, action, ok, reason, refused, command (an
+  action a scheduling policy took or had refused; docs/policies.md)
+- ``climb_done``: model, residency, mode (a pipelined resume is back in place)
 - ``policy``: policy;  ``device_options``: link, link_gbps, memory_gib, host_slowdown
 - ``note``: text
 - ``refused``: command (action), reason (the one-line message)

@@ -13,7 +13,6 @@ from labtui.engine.metrics import ModelMetrics
 from labtui.engine.snapshot import PhaseReport
 
 
-
 @dataclass(eq=False)
 class ModelState:
     """Worker-owned state of one hosted model."""

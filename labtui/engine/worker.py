@@ -124,6 +124,7 @@ class WorkerLoop:
                 w.tick(now, lambda ids, n, seed, w=w: self._workload_submit(w, ids, n, seed))
         if self.policy.name == "priority":
             did |= self._priority_rebalance()
+        did |= self._policy_tick(now)  # policy actions and resume climbs (policies/driver.py)
         pick = self.policy.pick(self._candidates())
         if pick is None:
             return did

@@ -136,6 +136,12 @@ def build_report(bundle_paths: list[str], out: str | Path | None = None) -> Path
     if all_runs:
         parts += ["## Sweep points (median [95% bootstrap CI] over repetitions; [-]: one repetition)",
                   md.points(all_runs)]
+    from labtui.report import policies as pol_report
+
+    pol = pol_report.section(bundles, cols)  # bundles that swept the policy axis
+    if pol:
+        stem = pol_report.figure(bundles, cols, out)
+        parts += ["## Policy comparison"] + ([f"![SLO attainment by policy]({stem}.png)"] if stem else []) + [pol]
     if prows:
         parts += ["## Preemptions", md.preemptions(prows)]
     if preds or reloads:

@@ -290,6 +290,10 @@ class SnapView:
     def stuck(self) -> bool:
         if self.idle():
             return True
+        from labtui.engine.commands import SELF_RESUMING
+
+        if getattr(self.snap, "policy", None) in SELF_RESUMING:
+            return False  # the policy resumes what it preempted
         busy = [m for m in self.snap.models if m.queued or m.running]
         open_models = {w.model for w in self.snap.workloads if not w.done}
         return all(m.state == "preempted" for m in busy) and all(

@@ -192,6 +192,7 @@ class Sweep(_Strict):
     pause_after_tokens: list[Annotated[int, Field(ge=0)]] | None = None
     weights: list[WeightsPolicy] | None = None
     kv: list[KVPolicy] | None = None
+    policy: list[PolicyName] | None = None  # the scheduling policy ([lab].policy)
     repeat: int | None = Field(None, ge=1, le=100)  # at least this many repetitions per point
     warmup_tokens: int | None = Field(None, ge=0, le=4096)
     # measurement protocol (labtui/scenario/stats.py Protocol): repeat a point until
@@ -225,6 +226,7 @@ class Sweep(_Strict):
 
 # Product order: outermost first; residency innermost so a run walks the curve.
 AXES = (
+    "policy",
     "model",
     "sources",
     "link",

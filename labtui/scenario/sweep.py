@@ -179,6 +179,8 @@ def _substitute(base: dict, values: dict, targets: list[str]) -> dict:
                         t["source"] = src
         elif axis == "link":
             data["device"]["link"] = v
+        elif axis == "policy":
+            data["lab"]["policy"] = v
         elif axis in ("offload", "prefetch"):
             for mid in targets:
                 models[mid][axis] = v
