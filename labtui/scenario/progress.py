@@ -6,11 +6,10 @@ run time), the current point's header, and a table of the models."""
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from rich.console import Console, Group
-import time
-
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table

@@ -281,7 +281,7 @@ class LoadModal(_Modal):
 
     def _scanned(self, found: list) -> None:
         self.cached = found
-        setattr(self.app, "_cached_rows", found)  # the next dialog opens with them at once
+        self.app._cached_rows = found  # the next dialog opens with them at once
         self.options += cached_options(found, self.budget, self.simulated)
         self._fill(self.query_one("#search", Input).value)
         self._cache_note(len(found))
