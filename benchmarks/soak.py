@@ -69,6 +69,10 @@ async def soak(args) -> dict:
         eng.load(f"zoo:{name}", id=mid, residency=rng.choice([0.0, 0.5, 1.0]), offload=rng.choice(["stream", "host"]))
         ids.append(mid)
 
+    # the engine keeps a bounded window of events (engine/limits.py): collect the
+    # errors of the whole soak as they happen
+    errors: list[dict] = []
+    eng.add_listener(lambda e: errors.append(e.data) if e.kind == "error" else None)
     key_s: list[float] = []
     counts: dict[str, int] = {}
     invariant_failures: list[str] = []
@@ -184,7 +188,6 @@ async def soak(args) -> dict:
         snap = eng.snapshot()
 
     summary = eng.summary()
-    errors = [e.data for e in eng.events_since(0) if e.kind == "error"]
     eng.close()
     per_model = {
         mid: {"completed": m.get("completed"), "cancelled": m.get("cancelled"), "tokens": m.get("tokens")}

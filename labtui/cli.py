@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     o = sub.add_parser("open", help="open the lab with a scenario loaded")
     o.add_argument("scenario")
     o.add_argument("--device", choices=["auto", "cuda", "sim"], default=None)
+    o.add_argument("--time-scale", type=float, default=1.0, metavar="X",
+                   help="stretch the timeline: every `at` X times later (2 = half speed)")
 
     r = sub.add_parser("run", help="run a scenario headless and write a result bundle")
     r.add_argument("scenario")
@@ -31,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["auto", "cuda", "sim"], default=None)
     r.add_argument("--quick", action="store_true", help="shorten workloads for a smoke run")
     r.add_argument("--check", action="store_true", help="validate the scenario, run nothing")
+    r.add_argument("--profile", default=None,
+                   help="hardware profile for sim (see `labtui profiles`); sets [device].profile")
 
     rp = sub.add_parser("report", help="turn result bundles into plots and report.md")
     rp.add_argument("bundles", nargs="+")
@@ -41,10 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", choices=["auto", "cuda", "sim"], default="sim")
     b.add_argument("--models", default=None, help="comma-separated zoo names")
     b.add_argument("--quick", action="store_true")
+    b.add_argument("--only", choices=["moves"], default=None, help="run one part: moves (residency moves on an 8 GB/s link)")
 
     z = sub.add_parser("zoo", help="built-in synthetic checkpoints")
     z.add_argument("action", nargs="?", choices=["list", "build"], default="list")
     z.add_argument("name", nargs="?")
+
+    mo = sub.add_parser("models", help="the zoo and the causal LMs in the local Hugging Face "
+                        "cache (offline), and whether each fits the budget")
+    mo.add_argument("--memory-gib", type=float, default=None,
+                    help="accelerator budget to check against (default: sim's 4 GiB)")
+    mo.add_argument("--json", action="store_true", help="print one JSON object")
+
+    pf = sub.add_parser("profiles", help="hardware profiles the simulated accelerator can emulate")
+    pf.add_argument("--json", action="store_true", help="print them as JSON")
 
     sub.add_parser("doctor", help="what this machine has: GPUs, NVML, torch, link GB/s")
 
@@ -63,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "open":
             from labtui.tui.app import main as tui_main
 
-            return tui_main(args.scenario, device=args.device)
+            return tui_main(args.scenario, device=args.device, time_scale=args.time_scale)
         if args.cmd == "run":
             from labtui.scenario.runner import cli_run
 
@@ -80,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             from labtui.models.zoo import cli_zoo
 
             return cli_zoo(args)
+        if args.cmd == "models":
+            from labtui.models.catalog import cli_models
+
+            return cli_models(args)
+        if args.cmd == "profiles":
+            from labtui.engine.profiles import cli_profiles
+
+            return cli_profiles(args)
         if args.cmd == "doctor":
             from labtui.engine.devices import cli_doctor
 

@@ -251,7 +251,7 @@ def test_ctrl_c_finishes_summary_marked_interrupted(tmp_path):
 
 @pytest.mark.slow
 def test_design_example_runs_as_written(tmp_path, request):
-    """DESIGN.md's example end to end (12 s of timeline and a 150M model): opt in
+    """The two-model example end to end (12 s of timeline and a 150M model): opt in
     with `pytest -m slow` or LABTUI_SLOW=1."""
     from labtui.scenario.runner import run_file
 
@@ -261,3 +261,44 @@ def test_design_example_runs_as_written(tmp_path, request):
     res = run_file("two-models", out=tmp_path / "b", quick=True, device="sim", progress=False)
     assert res.summary["runs"][0]["finished"] and not res.summary["warnings"]
     assert res.summary["models"]["small"]["preemptions"][0]["complete"]
+
+
+def test_check_prints_runs_and_an_estimate(capsys):
+    from labtui.cli import main
+
+    assert main(["run", "--check", "offload-sweep"]) == 0
+    out = capsys.readouterr().out
+    assert "190 point(s) x 3-10 repeat(s) = 570 run(s), about " in out
+    assert "--quick: 12 x 3-6 = 36 run(s), about " in out and "estimate" in out
+
+
+def test_estimate_grows_with_work_and_respects_cancel_and_timeout():
+    from labtui.scenario.estimate import estimate
+    from labtui.scenario.schema import load_scenario
+    from labtui.scenario.sweep import apply_quick, expand, repeat_count
+
+    scn = load_scenario("offload-sweep")
+    q = apply_quick(scn)
+    full = estimate(expand(scn), repeat_count(scn), 1e9)
+    fast = estimate(expand(q), repeat_count(q), 1e9)
+    assert full.runs == 570 and fast.runs == 24 and full.seconds > 5 * fast.seconds > 0
+    assert estimate(expand(scn), repeat_count(scn), 60.0).capped
+    tour = load_scenario("tour")  # 400 requests per workload, cancelled at t = 40 s
+    t = estimate(expand(tour), 1, 1e9).seconds
+    assert 40 < t < 120
+
+
+def test_progress_eta_from_measured_runs(monkeypatch):
+    from labtui.scenario import progress as P
+
+    now = [100.0]
+    monkeypatch.setattr(P.time, "monotonic", lambda: now[0])
+    p = P.Progress("t", enabled=False)
+    p.set_plan(4, estimate_s=40.0)
+    assert p.eta_s() == 40.0 and "(estimated)" in p.eta_text()
+    now[0] += 20.0  # the first run took 20 s, not the estimated 10 s
+    p.run_done()
+    p.run_started()
+    assert p.eta_s() == 60.0 and "(estimated)" not in p.eta_text()
+    now[0] += 5.0
+    assert p.eta_s() == 55.0

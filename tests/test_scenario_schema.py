@@ -1,4 +1,4 @@
-"""The scenario format: DESIGN.md's example, built-ins, sources, lines, the writer."""
+"""The scenario format: the two-model example, built-ins, sources, lines, the writer."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from labtui.scenario.schema import (
 
 REPO = Path(__file__).resolve().parent.parent
 
-# DESIGN.md, "Scenario file (TOML). This example must load and run as written".
+# The two-model example (labtui/scenarios/two-models.toml): it must load and run as written.
 DESIGN_EXAMPLE = '''
 [lab]
 name = "two-models"

@@ -9,6 +9,7 @@ from labtui.scenario.schema import load_scenario, parse_scenario
 from labtui.scenario.sweep import (
     apply_quick,
     expand,
+    protocol,
     repeat_count,
     residency_layers,
     round_layers,
@@ -134,7 +135,8 @@ def test_quick_table_overrides():
     assert q.sweep.residency == [0.0, 0.2, 0.4, 0.6, 0.8, 0.92, 1.0]
     assert q.sweep.offload == ["stream", "host"] and q.sweep.max_new_tokens == [32]
     # 6 layers: 0.92 rounds to 6 layers like 1.0 and is dropped
-    assert len(expand(q)) == 12 and repeat_count(q) == 2 and warmup_tokens(q) == 4
+    assert len(expand(q)) == 12 and repeat_count(q) == 3 and warmup_tokens(q) == 16
+    assert protocol(q).max_repeat == 6 and protocol(q).ci_rel_width == 0.03
     t = apply_quick(load_scenario("tour"))
     assert t.timeline[-1].at == 20.0  # time_scale 0.5
 
@@ -143,6 +145,7 @@ def test_quick_table_overrides():
                                   "tour", "default", "two-models"])
 def test_every_builtin_quick_is_small(name):
     q = apply_quick(load_scenario(name))
-    # tiny models and short outputs: 24 short runs of offload-sweep take ~20 s here
-    assert len(expand(q)) * repeat_count(q) <= 24
+    # tiny models and short outputs: 72 short runs of offload-sweep (its protocol's
+    # cap) take ~75 s here; the others repeat once
+    assert len(expand(q)) * protocol(q).max_repeat <= 72
     assert all(w.requests <= 2 and w.max_new_tokens <= 48 for w in q.workloads)

@@ -1,7 +1,8 @@
 """SVG snapshot tests of the lab's main screens, on hand-built engine snapshots.
 
 A FrozenEngine shows fixed EngineSnapshot/Event objects (labtui.tui.frozen), so
-nothing here depends on clocks, torch or live tok/s. Update the baselines with
+nothing here depends on clocks, torch or live tok/s; every one of those states is
+one the real engine can produce (tests/test_display_truth.py checks them). Update the baselines with
 `pytest tests/test_tui_snapshots.py --snapshot-update` and look at the report.
 """
 
@@ -72,6 +73,12 @@ def test_preemption_breakdown_wide(snap_compare):
 @pytest.mark.parametrize("view", ["2", "3", "4"], ids=["memory", "chart", "events"])
 def test_narrow_views(snap_compare, view):
     assert snap_compare(frozen_app(), terminal_size=(80, 24), press=[view], run_before=_seed)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_preempted_weights_on_host_and_on_disk(snap_compare, size):
+    # small's weights parked in host RAM (▄), big's released to disk (▁)
+    assert snap_compare(frozen_app("preempted-disk"), terminal_size=size)
 
 
 def test_no_models(snap_compare):

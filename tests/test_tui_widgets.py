@@ -16,7 +16,7 @@ from labtui.tui.app import LabApp
 from labtui.tui.format import device_line, ellipsize, fmt_bytes, fmt_s
 from labtui.tui.frozen import FrozenEngine, demo_device, demo_events, demo_model, demo_snapshot
 from labtui.tui.validate import build
-from labtui.tui.widgets.chart import SETTLE_S, ChartData
+from labtui.tui.widgets.chart import ChartData
 from labtui.tui.widgets.event_log import describe_moves, fold_moves
 from labtui.tui.widgets.model_card import metrics_line
 from labtui.tui.widgets.phases import allocate
@@ -98,27 +98,55 @@ def _snap_with(model, t):
     return replace(s, t=t, models=(model,))
 
 
-def test_chart_windowed_fallback_waits_for_the_window():
-    data = ChartData()
-    m = demo_model("small", tok_s=100.0)
-    assert data.observe(_snap_with(m, 10.0), {"small": 0})  # current point shown
-    data.observe(_snap_with(m, 10.0 + SETTLE_S - 0.1), {"small": 0})
-    assert data.series[("small", "stream")].points == {}
-    data.observe(_snap_with(m, 10.0 + SETTLE_S + 0.1), {"small": 0})
-    assert data.series[("small", "stream")].points == {8: 100.0}
+def _key(m, snap):
+    return (m.id, m.mode, m.prefetch, snap.device.link, snap.device.host_slowdown)
 
 
 def test_chart_uses_busy_time_rate_when_engine_reports_decode_work():
     data = ChartData()
-    m = replace(demo_model("small", tok_s=50.0), decode_tokens=100, decode_s=1.0)
-    data.observe(_snap_with(m, 1.0), {"small": 0})
+    m = replace(demo_model("small", served=50.0), decode_tokens=100, decode_s=1.0)
+    s1 = _snap_with(m, 1.0)
+    data.observe(s1, {"small": 0})
     m2 = replace(m, decode_tokens=180, decode_s=1.5)  # 80 tokens in 0.5 s of decode
     data.observe(_snap_with(m2, 2.0), {"small": 0})
-    assert data.series[("small", "stream")].points == {8: 160.0}
+    assert data.series[_key(m, s1)].points == {8: 160.0}
     # a move starts a new measurement at the new residency
     m3 = replace(m2, layer_cells="RRRRSSSS", decode_tokens=200, decode_s=1.6)
     data.observe(_snap_with(m3, 2.5), {"small": 0})
-    assert 4 not in data.series[("small", "stream")].points
+    assert 4 not in data.series[_key(m, s1)].points
+
+
+def test_chart_never_averages_two_conditions():
+    """Prefetch, link or host slowdown changing mid-measurement starts a new point
+    (its own series), the old point keeps the old condition's rate."""
+    data = ChartData()
+    m = replace(demo_model("small", served=50.0), decode_tokens=0, decode_s=0.0)
+    s0 = _snap_with(m, 0.0)
+    data.observe(s0, {"small": 0})
+    fast = replace(m, decode_tokens=200, decode_s=1.0)  # 200 tok/s with prefetch
+    data.observe(_snap_with(fast, 1.0), {"small": 0})
+    slow = replace(fast, prefetch=False)
+    data.observe(_snap_with(slow, 1.1), {"small": 0})  # the condition changes here
+    slow2 = replace(slow, decode_tokens=250, decode_s=2.0)  # 50 tok/s without
+    data.observe(_snap_with(slow2, 2.2), {"small": 0})
+    assert data.series[_key(fast, s0)].points == {8: 200.0}
+    assert data.series[_key(slow, s0)].points == {8: 50.0}  # not (250/2.0 = 125)
+    # a slower link: again a fresh measurement
+    s3 = replace(_snap_with(slow2, 2.3), device=replace(s0.device, link="1 GB/s"))
+    data.observe(s3, {"small": 0})
+    s4 = replace(_snap_with(replace(slow2, decode_tokens=260, decode_s=3.0), 3.3), device=s3.device)
+    data.observe(s4, {"small": 0})
+    assert data.series[_key(slow2, s3)].points == {8: 10.0}
+    assert data.series[_key(slow, s0)].points == {8: 50.0}
+
+
+def test_chart_shows_no_point_before_enough_decode_work():
+    data = ChartData()
+    m = replace(demo_model("small", served=50.0), decode_tokens=0, decode_s=0.0)
+    data.observe(_snap_with(m, 0.0), {"small": 0})
+    # 4 tokens in 4 ms: ~1000 tok/s, a first-sample spike; no point yet
+    data.observe(_snap_with(replace(m, decode_tokens=4, decode_s=0.004), 0.1), {"small": 0})
+    assert all(not s.points and s.current is None for s in data.series.values())
 
 
 async def wait_for(pilot, cond, timeout: float = 5.0) -> bool:
@@ -216,7 +244,8 @@ async def test_help_lists_every_binding():
     documented = " ".join(k for k, _ in KEYS)
     for b in LabApp.BINDINGS:
         for key in b.key.split(","):
-            shown = {"question_mark": "?", "f1": "F1"}.get(key, key)
+            shown = {"question_mark": "?", "f1": "F1", "right_square_bracket": "]",
+                     "left_square_bracket": "["}.get(key, key)
             assert shown in documented, key
 
 

@@ -65,12 +65,15 @@ class Admission:
         hm = ms.hm
         if hm is None:
             return None
-        base = hm.placement_bytes(hm.resident_set(), hm.mode)
+        base = self._policy_min_bytes(ms)  # where the policy may place it (policies/driver.py)
         kv_ws = hm.headroom(1, prompt_tokens + max_new_tokens, 0, prompt_tokens)
         need = base + kv_ws
+        # Other models' weights stand in the way for good unless the policy can
+        # evict them to make room (priority, ollama, llamacpp-router, planner).
         others = sum(
             max(0, o.hm._reserved - o.hm.accel_kv_last)
             for o in list(self._models.values()) if o is not ms and o.hm is not None
+            and not self._policy_can_evict(o.id)  # a policy that evicts frees those (policies/driver.py)
         )
         budget = self.device.budget_bytes
         avail = budget - others

@@ -39,8 +39,10 @@ from labtui.engine.devices import Device, fmt_bytes, make_device, parse_link
 from labtui.engine.events import Event
 from labtui.engine.handlers import Handlers, _default_id
 from labtui.engine.hosted import HOST, RESIDENT, STREAM
+from labtui.engine.limits import COMMAND_LOG_MAX, MAX_EVENTS, SCHED_SAMPLES_KEPT
+from labtui.engine.policies import make_policy
+from labtui.engine.policies.driver import PolicyDriver
 from labtui.engine.preemption import check_preempt
-from labtui.engine.scheduler import make_policy
 from labtui.engine.snapshot import (
     EngineSnapshot,
     PhaseReport,
@@ -48,13 +50,13 @@ from labtui.engine.snapshot import (
 from labtui.engine.snapshots import SnapshotBuilder
 from labtui.engine.state import ModelState
 from labtui.engine.transfer import Link
+from labtui.engine.triggers import Armed, TokenTriggers
 from labtui.engine.worker import WorkerLoop
 from labtui.engine.workload import Workload
 from labtui.errors import LabError, one_line
 
 log = logging.getLogger("labtui.engine")
 
-MAX_EVENTS = 200_000
 
 
 @dataclass
@@ -68,7 +70,7 @@ class GenerationResult:
     request_id: str = ""
 
 
-class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
+class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
     def __init__(
         self,
         device: str = "auto",
@@ -79,6 +81,7 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
         seed: int = 0,
         prefetch_depth: int = 4,
         base_dir: str | Path | None = None,
+        profile: str | None = None,
     ):
         _quiet_transformers()
         # The link's pacing and prefetch threads must wake on time while the worker
@@ -86,14 +89,15 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
         # serialise them behind compute. 0.5 ms costs little and keeps overlap real.
         if sys.getswitchinterval() > 0.0005:
             sys.setswitchinterval(0.0005)
-        self.device: Device = make_device(device, memory_gib, link, host_slowdown)
+        self.device: Device = make_device(device, memory_gib, link, host_slowdown, profile)
         self.link = Link(self.device)
         self.policy = make_policy(policy)
         self.seed = seed
         self.prefetch_depth = prefetch_depth
         self.base_dir = Path(base_dir) if base_dir else None
         self.t0 = time.perf_counter()
-        self.command_log: list[tuple[float, C._Cmd]] = []
+        self.command_log: deque[tuple[float, C._Cmd]] = deque(maxlen=COMMAND_LOG_MAX)
+        self.commands_total = 0  # every command executed, also those out of command_log
         self._cmds: queue.Queue = queue.Queue()
         self._incoming: queue.Queue = queue.Queue()
         self._wake = threading.Event()
@@ -105,7 +109,9 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
         self._outstanding = 0  # requests submitted, not finished (wait_idle)
         self._pending_cmds = 0  # commands queued, not yet applied
         self._models: dict[str, ModelState] = {}
-        self._workloads: dict[str, Workload] = {}
+        self._workloads: dict[str, Workload] = {}  # running + the last done (limits.py)
+        self._workloads_launched = 0  # seeds workloads: the same whatever was pruned
+        self._workloads_pruned = 0
         self._requests: dict[str, Request] = {}
         self._ids = itertools.count(1)
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
@@ -120,14 +126,19 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
         self._snap_seq = 0
         self._snapshot = self._build_snapshot()
         self._pending_ids: set[str] = set()  # ids of models being loaded (validation)
+        self._triggers = TokenTriggers()  # commands armed on a token count (worker-owned)
         # Scheduler overhead: time per step outside the model's own prefill/decode
         # (policy, admission, bookkeeping, events, snapshot) vs the step itself.
         self.sched_stats = {"steps": 0, "step_s": 0.0, "overhead_s": 0.0}
         self._t_sched = self._t_fwd0 = 0.0
         self._t_fwd1: float | None = None
-        self._sched_samples: deque[float] = deque(maxlen=10_000)
+        self._sched_samples: deque[float] = deque(maxlen=SCHED_SAMPLES_KEPT)
         self._thread = threading.Thread(target=self._run, name="labtui-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def workloads_done_total(self) -> int:
+        return self._workloads_pruned + sum(1 for w in list(self._workloads.values()) if w.done)
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -179,6 +190,22 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
         if closed:
             self._emit("refused", command=cmd.action, reason="the engine is closed")
             raise LabError("the engine is closed")
+        self._wake.set()
+        return fut
+
+    def submit_when_tokens(self, cmd: C._Cmd, model: str, tokens: int) -> Future:
+        """Validate ``cmd`` now; the worker applies it right after the step at which
+        ``model`` has generated ``tokens`` tokens in all (``tokens_generated``), before
+        its next step (triggers.py). Cancel the Future to disarm it."""
+        try:
+            self._model(model)
+            self._validate(cmd)
+        except LabError as e:
+            self._emit("refused", command=cmd.action, reason=one_line(e))
+            raise
+        fut: Future = Future()
+        armed = Armed(model, int(tokens), cmd, fut)
+        self.on_worker(lambda: self._triggers.arm(armed))
         self._wake.set()
         return fut
 
@@ -367,6 +394,7 @@ class Engine(WorkerLoop, Admission, Handlers, SnapshotBuilder):
                 preemptions=[asdict(p) | {"total_s": p.total_s} for p in ms.preemptions],
             )
             out["models"][ms.id] = d
+        out["workloads_done_total"] = self.workloads_done_total
         out["workloads"] = {
             w.id: {"model": w.model, "kind": w.cmd.kind, "submitted": w.submitted, "completed": w.completed, "cancelled": w.cancelled, "total": w.total}
             for w in list(self._workloads.values())

@@ -6,7 +6,10 @@
    offloaded weights takes about as long as computing it: time per token with
    prefetch vs max(compute, bytes / link), and vs the same run without prefetch;
 3. ``set_residency`` move throughput as a fraction of the link bandwidth;
-4. achieved bandwidth (bytes read per token x tokens/s), as gpt-fast reports it.
+4. achieved bandwidth (bytes read per token x tokens/s), as gpt-fast reports it;
+5. residency moves of llama-150m blocks on an 8 GB/s link (below this machine's
+   memcpy), alone and while a second model decodes a closed workload: median over
+   moves of achieved GB/s / link GB/s, with the link's queueing time.
 
 Each timing is the median of a few repetitions after a warm-up; nothing here is
 a pass/fail test (the machine may be shared and noisy).
@@ -208,6 +211,74 @@ def bench_preemption(name: str = "llama-30m", device: str = "sim") -> dict:
     return out
 
 
+def bench_moves(name: str = "llama-150m", link_gbps: float = 8.0, reps: int = 3, device: str = "sim") -> dict:
+    """Residency moves (every block out, then in) as a fraction of the link, alone and
+    with another model decoding on the same engine (its steps run between moves)."""
+    out: dict = {"model": name, "link_gbps": link_gbps}
+    with Engine(device=device, memory_gib=4 if device == "sim" else None, link=link_gbps, host_slowdown=1.0) as eng:
+        if not eng.device.simulated:
+            from labtui.engine.devices import measure_h2d_gbps
+
+            link_gbps = out["link_gbps"] = round(measure_h2d_gbps(), 2)
+        m = eng.load(f"zoo:{name}", id="mover")
+        hm = eng._models[m].hm
+        out["block_bytes"] = hm.blocks[0].nbytes
+        eng.set_residency(m, 0.0, mode="stream")  # warm-up: buffers allocated, pages faulted
+        eng.set_residency(m, 1.0, mode="stream")
+
+        def moves() -> list[dict]:
+            seq0 = eng.snapshot().events_total
+            for _ in range(reps):
+                for frac in (0.0, 1.0):
+                    # block by block, so the other model's steps land between moves
+                    for k in (range(hm.n_layers - 1, -1, -1) if frac == 0.0 else range(hm.n_layers)):
+                        eng.set_residency(m, list(range(k)) if frac == 0.0 else list(range(k + 1)), mode="stream")
+            return [e.data for e in eng.events_since(seq0) if e.kind == "layer_move" and e.data["what"] == "weights"
+                    and e.data["reason"] == "residency"]
+
+        def memcpy_gbps() -> float:
+            # the ceiling: this machine's single-threaded memcpy of one block, now
+            # (a shared machine's memcpy can fall below the link: then that limits)
+            import numpy as np
+
+            n = hm.blocks[0].nbytes
+            a, b = np.ones(n, np.uint8), np.ones(n, np.uint8)
+            xs = []
+            for _ in range(15):
+                t0 = time.perf_counter()
+                np.copyto(b, a)
+                xs.append(n / (time.perf_counter() - t0) / 1e9)
+            return _median(xs)
+
+        def summary(ev: list[dict], ceiling: float) -> dict:
+            fr = [e["gbps"] / link_gbps for e in ev]
+            return {
+                "memcpy_gbps_same_run": round(ceiling, 3),
+                "median_fraction_of_ceiling": round(_median([e["gbps"] / min(link_gbps, ceiling) for e in ev]), 3),
+                "moves": len(ev),
+                "median_fraction_of_link": round(_median(fr), 3),
+                "p10_fraction_of_link": round(sorted(fr)[len(fr) // 10], 3) if fr else None,
+                "median_gbps": round(_median([e["gbps"] for e in ev]), 3),
+                "median_wait_ms": round(_median([e["wait_s"] for e in ev]) * 1e3, 4),
+                "max_wait_ms": round(max(e["wait_s"] for e in ev) * 1e3, 4) if ev else None,
+                "d2h": round(_median([e["gbps"] / link_gbps for e in ev if e["direction"] == "d2h"]), 3),
+                "h2d": round(_median([e["gbps"] / link_gbps for e in ev if e["direction"] == "h2d"]), 3),
+            }
+
+        c0 = memcpy_gbps()
+        ev = moves()
+        out["alone"] = summary(ev, _median([c0, memcpy_gbps()]))
+        o = eng.load("zoo:llama-5m", id="decoder", residency=0.5, offload="stream")
+        eng.launch_workload(o, kind="closed", concurrency=2, requests=100000, prompt_tokens=16, max_new_tokens=64)
+        time.sleep(0.5)
+        steps0 = eng.sched_stats["steps"]
+        c0 = memcpy_gbps()
+        ev = moves()
+        out["with_decode"] = summary(ev, _median([c0, memcpy_gbps()]))
+        out["with_decode"]["decode_steps_during"] = eng.sched_stats["steps"] - steps0
+    return out
+
+
 def _gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in zip(times[1:], times[2:], strict=False)] or [times[-1]]
 
@@ -222,6 +293,7 @@ def run_bench(models: list[str], quick: bool = False, device: str = "sim") -> di
         "models": [bench_model(n, quick, device) for n in models],
         "scheduler": bench_scheduler(quick, device),
         "preemption": bench_preemption("llama-30m", device),
+        "moves": bench_moves(reps=2 if quick else 3, device=device),
     }
 
 
@@ -229,6 +301,13 @@ def cli_bench(args) -> int:
     from labtui.errors import LabError
     from labtui.models.zoo import names
 
+    if getattr(args, "only", None) == "moves":
+        r = bench_moves(reps=2 if args.quick else 3, device=args.device)
+        if args.json:
+            print(json.dumps({"moves": r}, indent=2))
+        else:
+            _print_moves(r)
+        return 0
     models = args.models.split(",") if args.models else DEFAULT_MODELS
     for n in models:
         if n not in names():
@@ -239,6 +318,14 @@ def cli_bench(args) -> int:
     else:
         _print_table(result)
     return 0
+
+
+def _print_moves(m: dict) -> None:
+    for k, label in (("alone", "alone"), ("with_decode", "while another model decodes")):
+        s = m[k]
+        print(f"moves of {m['model']} blocks on a {m['link_gbps']:g} GB/s link, {label}: median "
+              f"{s['median_fraction_of_link']:.2f} of the link (p10 {s['p10_fraction_of_link']:.2f}, "
+              f"{s['moves']} moves; {s['median_fraction_of_ceiling']:.2f} of min(link, memcpy {s['memcpy_gbps_same_run']:.1f} GB/s)), link queueing median {s['median_wait_ms']:.3f} ms, max {s['max_wait_ms']:.3f} ms")
 
 
 def _print_table(r: dict) -> None:
@@ -261,6 +348,7 @@ def _print_table(r: dict) -> None:
     c = Console(file=sys.stdout)
     c.print(t)
     s = r["scheduler"]
+    _print_moves(r["moves"])
     c.print(f"scheduler overhead: {s['overhead_share']:.2%} of step time, median step {s['overhead_median_share']:.2%} ({s['overhead_us_per_step']} us per {s['step_ms']} ms step, 4 models)")
     for w in ("disk", "host"):
         p = r["preemption"][w]

@@ -18,7 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 OffloadMode = Literal["stream", "host"]
 KVPolicy = Literal["keep", "swap", "drop"]
 WeightsPolicy = Literal["host", "disk"]
-PolicyName = Literal["fcfs", "round_robin", "priority"]
+# Every scheduling policy (labtui/engine/policies/; docs/policies.md).
+PolicyName = Literal["fcfs", "round_robin", "priority", "ollama", "llamacpp-router", "static-split", "planner"]
+# Policies that resume the models they preempted on their own (a run that waits on
+# such a model is not stuck).
+SELF_RESUMING = ("priority", "ollama", "llamacpp-router", "planner")
 WorkloadKind = Literal["closed", "poisson"]
 DistKind = Literal["fixed", "uniform", "lognormal"]
 
@@ -45,6 +49,14 @@ class Load(_Cmd):
     priority: int = 0
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     trust_remote_code: bool = False
+    # Service-level objectives and pinning, read by the planner policy (docs/policies.md):
+    # time to first token and time per output token targets, the model's weight in the
+    # objective; a pinned model is never evicted nor placed below min_residency.
+    slo_ttft_s: float | None = Field(None, gt=0)
+    slo_tpot_s: float | None = Field(None, gt=0)
+    slo_weight: float = Field(1.0, gt=0)
+    pin: bool = False
+    min_residency: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class Unload(_Cmd):
@@ -100,8 +112,18 @@ class Preempt(_Cmd):
 
 
 class Resume(_Cmd):
+    """Resume a preempted model. ``residency``/``mode``: resume to another placement
+    (default: the one it had). ``pipelined``: decode as soon as the embedding and the
+    first ``first_blocks`` blocks are back (the rest offloaded in ``start_mode``), then
+    raise residency block by block between decode steps up to the target placement."""
+
     action: Literal["resume"] = "resume"
     model: ModelId
+    residency: float | None = Field(None, ge=0.0, le=1.0)
+    mode: OffloadMode | None = None
+    pipelined: bool = False
+    first_blocks: int = Field(1, ge=0)
+    start_mode: OffloadMode = "stream"
 
 
 class LaunchWorkload(_Cmd):

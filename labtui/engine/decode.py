@@ -42,6 +42,9 @@ class Request:
     finish_reason: str | None = None
     error: str | None = None
     paused_s: float = 0.0
+    # this request's share of its decode steps' time (a step's time split evenly over
+    # the rows it made a token for): summed over requests, the model's decode time
+    decode_s: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
     generator: torch.Generator | None = None
 

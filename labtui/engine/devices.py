@@ -1,6 +1,6 @@
 """Devices: the accelerator a model's blocks live on, the host, and the link between.
 
-Two kinds share one interface (DESIGN.md, "Devices"):
+Two kinds share one interface:
 
 - ``cuda``: a real GPU. Memory from NVML and torch's allocator; host copies of
   offloaded weights are pinned; copies are non_blocking on a side stream.
@@ -35,15 +35,26 @@ GiB = 1024**3
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """A host<->accelerator path: achievable GB/s per direction and fixed cost per copy."""
+    """A host<->accelerator path: achievable GB/s per direction and fixed cost per copy.
+
+    ``gbps`` is both directions unless ``h2d_gbps`` / ``d2h_gbps`` say otherwise (a
+    hardware profile can set them apart: real links are often asymmetric). The
+    link reads its pacing from ``pacing()`` only (transfer.Link.pacing)."""
 
     name: str
     gbps: float  # 1e9 bytes/s, per direction
     latency_s: float  # fixed cost per copy (one DMA / one tensor)
+    h2d_gbps: float | None = None  # host -> accelerator, if not ``gbps``
+    d2h_gbps: float | None = None  # accelerator -> host, if not ``gbps``
 
     @property
     def label(self) -> str:
         return self.name if not self.name.endswith("GB/s") else f"{self.gbps:g} GB/s"
+
+    def pacing(self, direction: str) -> tuple[float, float]:
+        """(bytes per second, latency per copy) of one direction ("h2d" | "d2h")."""
+        g = self.h2d_gbps if direction == "h2d" else self.d2h_gbps
+        return (g or self.gbps) * 1e9, self.latency_s
 
 
 # Achievable unidirectional figures, below the theoretical peaks (x16: PCIe3 15.75,
@@ -103,6 +114,10 @@ class Device:
         self._lock = threading.Lock()
         self._host_mem_t = -1.0
         self._host_mem = (0, 0, 0)
+        # A hardware profile (labtui.engine.profiles) the run speaks for; sim only.
+        # Recorded here; the pacing it implies is applied by the engine.
+        self.profile = None
+        self.profile_ignored: str | None = None
 
     # torch devices -------------------------------------------------------
     @property
@@ -183,7 +198,12 @@ class Device:
         return torch.empty(nbytes, dtype=torch.uint8)
 
     def accel_empty(self, nbytes: int) -> torch.Tensor:
+        """An accelerator buffer ready for a timed copy (on cuda the caching
+        allocator's memory is already mapped; sim pre-faults, see SimDevice)."""
         return torch.empty(nbytes, dtype=torch.uint8, device=self.accel)
+
+    def accel_free(self, buf: torch.Tensor | None) -> None:
+        """Give back a buffer from ``accel_empty`` (cuda: torch's allocator caches it)."""
 
     def synchronize(self) -> None:
         pass
@@ -223,6 +243,8 @@ class Device:
             "link_latency_us": self.link.latency_s * 1e6,
             "host_slowdown": self.host_slowdown,
             "compute_threads": torch.get_num_threads(),
+            "profile": self.profile.name if self.profile is not None else None,
+            **({"profile_ignored": self.profile_ignored} if self.profile_ignored else {}),
         }
 
 
@@ -243,11 +265,50 @@ class SimDevice(Device):
             torch.set_num_threads(want)
         self.compute_threads = want
 
+        # Freed accelerator buffers by size, pages already faulted in: the simulated
+        # accelerator's caching allocator (as torch's on cuda keeps freed blocks),
+        # so a timed copy never writes into fresh, unmapped pages.
+        self._pool: dict[int, list[torch.Tensor]] = {}
+        self._pool_bytes = 0
+
     @property
     def accel(self) -> torch.device:
         # Same physical memory as the host; "accelerator" tensors are separate
         # allocations made by the link, tracked by the ledgers against the budget.
         return torch.device("cpu")
+
+    def host_empty(self, nbytes: int) -> torch.Tensor:
+        return touch(torch.empty(nbytes, dtype=torch.uint8))
+
+    def accel_empty(self, nbytes: int) -> torch.Tensor:
+        with self._lock:
+            free = self._pool.get(int(nbytes))
+            if free:
+                self._pool_bytes -= int(nbytes)
+                return free.pop()
+        with torch.inference_mode(False):  # may be filled by the link's thread later
+            return touch(torch.empty(int(nbytes), dtype=torch.uint8))
+
+    def accel_free(self, buf: torch.Tensor | None) -> None:
+        if buf is None or buf._base is not None or buf.dim() != 1 or buf.dtype != torch.uint8:
+            return  # a view or foreign tensor: let it go
+        n = buf.numel()
+        with self._lock:
+            # Cache no more than the accelerator has free: the pool is memory the
+            # simulated device would really hold.
+            if self._pool_bytes + n > max(0, self.budget_bytes - self._reserved):
+                return
+            self._pool.setdefault(n, []).append(buf)
+            self._pool_bytes += n
+
+    def empty_cache(self) -> None:
+        with self._lock:
+            self._pool.clear()
+            self._pool_bytes = 0
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._pool_bytes
 
     @property
     def name(self) -> str:
@@ -322,6 +383,7 @@ def make_device(
     memory_gib: float | None = None,
     link: str | float | None = None,
     host_slowdown: float = 4.0,
+    profile=None,
 ) -> Device:
     if kind not in DEVICE_KINDS:
         raise LabError(f"unknown device '{kind}'; accepted: auto, cuda, sim")
@@ -330,13 +392,30 @@ def make_device(
     if not (1.0 <= float(host_slowdown) <= 1000):
         raise LabError(f"host_slowdown {host_slowdown} is out of range; accepted: 1 to 1000")
     budget = int(float(memory_gib) * GiB) if memory_gib is not None else None
+    from labtui.engine.profiles import get_profile
+
+    prof = get_profile(profile)  # unknown name: one line listing the accepted ones
     has_cuda = torch.cuda.is_available()
     if kind == "cuda" and not has_cuda:
         raise LabError("device 'cuda' asked for but torch sees no CUDA GPU; accepted here: auto or sim")
     if kind == "cuda" or (kind == "auto" and has_cuda):
-        # On a real GPU the link is what it is; a preset only labels it.
-        return CudaDevice(0, budget, parse_link(link), host_slowdown)
-    return SimDevice(budget or 4 * GiB, parse_link(link), host_slowdown)
+        # On a real GPU the link is what it is; a preset only labels it, and a
+        # profile (the physics sim emulates) does not apply: noted, not used.
+        dev: Device = CudaDevice(0, budget, parse_link(link), host_slowdown)
+        dev.profile_ignored = getattr(prof, "name", None)
+        return dev
+    dev = SimDevice(budget or 4 * GiB, parse_link(link), host_slowdown)
+    dev.profile = prof
+    return dev
+
+
+def touch(buf: torch.Tensor) -> torch.Tensor:
+    """Fault in every page of a fresh CPU buffer (one write per 4 KiB page), so the
+    copy that fills it later is timed as a copy, not as page faults (a fresh 13 MiB
+    buffer copies ~5x slower than a touched one here)."""
+    if buf.is_contiguous() and buf.numel() * buf.element_size() >= 64 * 1024:  # small ones: heap
+        buf.view(-1).view(torch.uint8)[::4096].zero_()
+    return buf
 
 
 def fmt_bytes(n: float) -> str:

@@ -13,11 +13,15 @@ and a flat JSON-able payload. Kinds and their payload keys:
 - ``resume``: model, the full PhaseReport fields (all four phases + recompute)
 - ``request_start``: model, request, workload, prompt_tokens, queue_s
 - ``request_finish``: model, request, workload, prompt_tokens, new_tokens,
-  digest (sha1 of the generated token ids), ttft_s, tpot_s, e2e_s, queue_s, reason
+  digest (sha1 of the generated token ids), ttft_s, tpot_s, e2e_s, queue_s,
+  decode_s (its share of its decode steps' time: summed, the model's decode time), reason
   (eos|length; cancelled: its workload was cancelled; unloaded: its model was;
   failed: its step raised, see the ``error`` event; engine closed). Every request
   submitted to the engine ends with exactly one request_finish.
 - ``workload_start`` / ``workload_done`` / ``workload_cancel``: workload, model, ...
+- ``policy_decision``: policy, model, action, ok, reason, refused, command (an
+  action a scheduling policy took or had refused; docs/policies.md)
+- ``climb_done``: model, residency, mode (a pipelined resume is back in place)
 - ``policy``: policy;  ``device_options``: link, link_gbps, memory_gib, host_slowdown
 - ``note``: text
 - ``refused``: command (action), reason (the one-line message)

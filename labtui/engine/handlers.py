@@ -14,8 +14,8 @@ from labtui.engine import commands as C
 from labtui.engine.decode import Batch
 from labtui.engine.devices import parse_link
 from labtui.engine.hosted import HostedModel
+from labtui.engine.policies import make_policy
 from labtui.engine.preemption import preempt, resume, resume_cost
-from labtui.engine.scheduler import make_policy
 from labtui.engine.snapshot import (
     PhaseReport,
 )
@@ -44,15 +44,17 @@ class Handlers:
                 mid, cmd.source, src.path, model, tok, self.device, self.link, self._emit, self._publish_moving,
                 prefetch=cmd.prefetch, prefetch_depth=self.prefetch_depth,
             )
-            resident = hm.layers_for_fraction(cmd.residency)
+            # the policy may place it elsewhere and make room first (policies/driver.py)
+            resident, mode = self._policy_load_plan(mid, hm, cmd)
             try:
-                hm.initial_place(resident, cmd.offload)
+                hm.initial_place(resident, mode)
             except LabError:
-                if not self._make_room(hm.placement_bytes(resident, cmd.offload), cmd.priority, exclude=mid):
+                if not self._make_room(hm.placement_bytes(resident, mode), cmd.priority, exclude=mid):
                     raise
-                hm.initial_place(resident, cmd.offload)
+                hm.initial_place(resident, mode)
         except BaseException:
             del self._models[mid]
+            self._policy_forget(mid)
             raise
         ms.hm = hm
         ms.batch = Batch(hm)
@@ -79,6 +81,7 @@ class Handlers:
             ms.batch.clear()
         ms.hm.unload()
         del self._models[cmd.model]
+        self._policy_forget(cmd.model)
         self._emit("unload", model=cmd.model)
 
     def _do_set_residency(self, cmd: C.SetResidency) -> dict:
@@ -86,6 +89,7 @@ class Handlers:
         hm = ms.hm
         mode = cmd.mode or hm.mode
         resident = hm.validate_layers(cmd.layers) if cmd.layers is not None else hm.layers_for_fraction(cmd.residency)
+        self._stop_climb(cmd.model)  # an explicit placement ends a pipelined resume's climb
         extra = hm.plan_cost(resident, mode)
         if extra > self.device.free:
             self._make_room(extra, ms.priority, exclude=cmd.model)
@@ -119,6 +123,7 @@ class Handlers:
         self._busy = f"preempting {cmd.model}"
         self._publish(force=True)
         ms.t_preempt = time.perf_counter()
+        self._stop_climb(cmd.model)
         try:
             rep = preempt(ms.hm, ms.batch, cmd.kv, cmd.weights)
         except BaseException:
@@ -133,14 +138,27 @@ class Handlers:
 
     def _do_resume(self, cmd: C.Resume) -> PhaseReport:
         ms = self._models[cmd.model]
-        need = resume_cost(ms.hm, ms.preemption)
+        hm = ms.hm
+        target, mode = hm.resident_set(), hm.mode
+        if cmd.residency is not None:
+            target = hm.layers_for_fraction(cmd.residency)
+        mode = cmd.mode or mode
+        first, first_mode = target, mode
+        if cmd.pipelined:
+            # decode as soon as the embedding and the first blocks are back; the rest
+            # offloaded in start_mode and climbed back one block per tick (driver.py)
+            first = set(sorted(target)[: cmd.first_blocks])
+            first_mode = cmd.start_mode
+        retarget = (first, first_mode) != (hm.resident_set(), hm.mode)
+        need = resume_cost(hm, ms.preemption, first if retarget else None, first_mode if retarget else None)
         if need > self.device.free:
             self._make_room(need, ms.priority, exclude=cmd.model)
         ms.state = "resuming"
         self._busy = f"resuming {cmd.model}"
         self._publish(force=True)
         try:
-            rep = resume(ms.hm, ms.batch, ms.preemption, ms.t_preempt)
+            rep = resume(hm, ms.batch, ms.preemption, ms.t_preempt,
+                         first if retarget else None, first_mode if retarget else None)
         except BaseException:
             ms.state = "preempted"
             raise
@@ -149,7 +167,11 @@ class Handlers:
         ms.last_preemption = rep
         ms.preemptions.append(rep)
         ms.state = "serving" if len(ms.batch) else "idle"
-        self._emit("resume", **_phase_dict(rep))
+        if retarget:
+            self._record_residency(ms)
+        if (first, first_mode) != (target, mode):
+            self._start_climb(cmd.model, target, mode)
+        self._emit("resume", **_phase_dict(rep), pipelined=cmd.pipelined)
         return rep
 
     def _do_launch_workload(self, cmd: C.LaunchWorkload) -> str:
@@ -163,7 +185,8 @@ class Handlers:
         if ms.corpus is None:
             ms.corpus = corpus_ids(ms.hm.tokenizer)
         wid = cmd.id or f"w{next(self._ids)}"
-        w = Workload(wid, cmd, ms.corpus, self.seed + len(self._workloads), time.perf_counter())
+        w = Workload(wid, cmd, ms.corpus, self.seed + self._workloads_launched, time.perf_counter())
+        self._workloads_launched += 1
         self._workloads[wid] = w
         self._emit("workload_start", workload=wid, model=cmd.model, workload_kind=cmd.kind, requests=cmd.requests,
                    concurrency=cmd.concurrency, rate_per_s=cmd.rate_per_s, prompt_tokens=cmd.prompt_tokens,
@@ -189,6 +212,7 @@ class Handlers:
                 ms.hm.sync_reservation()
         w.done = True  # nothing more will be submitted (``submitted`` stays what was)
         self._emit("workload_cancel", workload=w.id, model=w.model, cancelled=n, reason=reason)
+        self._prune_workloads()
         return n
 
     def _do_set_policy(self, cmd: C.SetPolicy) -> None:

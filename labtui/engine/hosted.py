@@ -117,12 +117,13 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
             u.bind(buf)  # the loaded tensors are now unreferenced and freed
 
     def ledger(self) -> Ledger:
-        aw = (self.rest.nbytes if self.rest.accel_buf is not None else 0) + sum(
-            b.nbytes for b in self.blocks if b.accel_buf is not None
-        )
-        hw = (self.rest.nbytes if self.rest.host_buf is not None else 0) + sum(
-            b.nbytes for b in self.blocks if b.host_buf is not None
-        )
+        aw = hw = staging = 0
+        for u in [self.rest, *self.blocks]:
+            if u.accel_buf is not None:
+                aw += u.nbytes
+                staging += u.nbytes if u.host_buf is not None else 0
+            elif u.host_buf is not None:
+                hw += u.nbytes
         akv = hkv = 0
         kv_swapped = self._kv_swapped
         for i in range(self.n_layers):
@@ -131,9 +132,12 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
                 hkv += n
             else:
                 akv += n
-        offl = [i for i, p in enumerate(self.placement) if p != RESIDENT]
-        buf = 0 if self.weights_released or self._paused_window else self._window_bytes(offl, self.mode)
-        return Ledger(accel_weights=aw, accel_kv=akv, accel_buffers=buf, host_weights=hw, host_kv=hkv)
+        # the stream window serves the streamed blocks (after a move that failed
+        # part-way, offloaded blocks can be a mix of stream and host)
+        streamed = [i for i, p in enumerate(self.placement) if p == STREAM]
+        buf = 0 if self.weights_released or self._paused_window else self._window_bytes(streamed, STREAM)
+        return Ledger(accel_weights=aw, accel_kv=akv, accel_buffers=buf, host_weights=hw, host_kv=hkv,
+                      host_staging=staging)
 
     def sync_reservation(self, ledger: Ledger | None = None) -> None:
         """Keep the device's accounting equal to this model's ledger, and its
@@ -165,6 +169,7 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
         self.drain_prefetch()
         self._remove_hooks()
         for u in [self.rest, *self.blocks]:
+            self.device.accel_free(u.accel_buf)
             u.accel_buf = None
             u.host_buf = None
         self.cache = None
@@ -174,11 +179,20 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
     def check_invariants(self) -> None:
         """Every unit in exactly one place, every tensor of the model inside its unit's
         live buffer, and the ledger equal to the bytes actually found on each side."""
+        assert not self.moving, f"blocks {sorted(self.moving)} still marked moving"
         if self.weights_released:
             return
+        if not self._paused_window:  # serving: hooks on exactly the offloaded blocks
+            offl = {i for i, p in enumerate(self.placement) if p != RESIDENT}
+            assert self._hooks == offl, f"hooks on {sorted(self._hooks)}, offloaded blocks {sorted(offl)}"
         spans = []  # (start, end, side, unit)
+        staging = 0
         for u in [self.rest, *self.blocks]:
-            assert (u.accel_buf is None) != (u.host_buf is None), f"{u.name}: copies on both sides or none"
+            # every unit keeps its host buffer for life; the accelerator copy is extra
+            assert u.host_buf is not None and u.host_buf.numel() == u.nbytes, f"{u.name}: no host buffer"
+            if u.accel_buf is not None:
+                assert u.accel_buf.data_ptr() != u.host_buf.data_ptr(), f"{u.name}: one buffer on both sides"
+                staging += u.nbytes
             expect_accel = u.index is None or self.placement[u.index] == RESIDENT
             on_accel = u.accel_buf is not None
             assert on_accel == expect_accel or self._paused_window, f"{u.name} is in the wrong place"
@@ -203,6 +217,7 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
         led = self.ledger()
         assert found["accel"] + pad["accel"] == led.accel_weights, f"ledger accel weights {led.accel_weights} != found {found['accel'] + pad['accel']}"
         assert found["host"] + pad["host"] == led.host_weights, f"ledger host weights {led.host_weights} != found {found['host'] + pad['host']}"
+        assert staging == led.host_staging, f"ledger host staging {led.host_staging} != {staging}"
         kv = {"accel": 0, "host": 0}
         for i in range(self.n_layers):
             layer = self.kv_layer(i)

@@ -43,39 +43,54 @@ class KVPlacement:
         return self._kv_tok
 
     def _move_kv(self, i: int, to_accel: bool, reason: str) -> tuple[int, float]:
+        staged = self._copy_kv(i, to_accel)
+        return self._commit_kv(i, to_accel, staged, reason)
+
+    def _copy_kv(self, i: int, to_accel: bool):
+        """Copy block ``i``'s keys and values to the other side, into destinations
+        allocated (and touched) before the timed copies; switch nothing over yet, so
+        a copy that fails leaves the cache as it was."""
         layer = self.kv_layer(i)
         if layer is None:
-            return 0, 0.0
+            return None
         direction = H2D if to_accel else D2H
-        total_b, total_s = 0, 0.0
-        for attr in ("keys", "values"):
-            moved = self.link.copy(getattr(layer, attr), direction)
-            setattr(layer, attr, moved.tensor)
-            total_b += moved.nbytes
-            total_s += moved.seconds
+        srcs = [getattr(layer, attr) for attr in ("keys", "values")]
+        dsts = [self.link.empty_like(t, direction) for t in srcs]
+        return layer, [self.link.copy(t, direction, out=d) for t, d in zip(srcs, dsts, strict=True)]
+
+    def _commit_kv(self, i: int, to_accel: bool, staged, reason: str) -> tuple[int, float]:
+        if staged is None:
+            return 0, 0.0
+        layer, moved = staged
+        layer.keys, layer.values = moved[0].tensor, moved[1].tensor
         if hasattr(layer, "device"):
             layer.device = layer.keys.device
+        total_b = sum(m.nbytes for m in moved)
+        total_s = sum(m.seconds for m in moved)
         self.emit(
             "layer_move",
             model=self.id,
             layer=i,
             what="kv",
-            direction=direction,
+            direction=H2D if to_accel else D2H,
             bytes=total_b,
             seconds=round(total_s, 6),
             gbps=round(total_b / total_s / 1e9, 3) if total_s > 0 else 0.0,
+            wait_s=round(sum(m.wait_s for m in moved), 6),
             reason=reason,
         )
         return total_b, total_s
 
     def swap_kv(self, to_host: bool, reason: str) -> tuple[int, float]:
-        """Move the KV of every block that executes on the accelerator (preemption swap)."""
+        """Move the KV of every block that executes on the accelerator (preemption swap),
+        all or nothing: every layer is copied first and switched over only once all
+        arrived, so a swap that fails part-way leaves the cache where it was."""
+        staged = {i: self._copy_kv(i, to_accel=not to_host) for i in range(self.n_layers) if not self.kv_on_host(i)}
         total_b, total_s = 0, 0.0
-        for i in range(self.n_layers):
-            if not self.kv_on_host(i):
-                b, s = self._move_kv(i, to_accel=not to_host, reason=reason)
-                total_b += b
-                total_s += s
+        for i, st in staged.items():
+            b, s = self._commit_kv(i, not to_host, st, reason)
+            total_b += b
+            total_s += s
         self._kv_swapped = to_host
         self.sync_reservation()
         return total_b, total_s

@@ -11,7 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from labtui.engine.snapshot import CELL_HOST, CELL_MOVING, CELL_RESIDENT, CELL_STREAM
+from labtui.engine.snapshot import (
+    CELL_HOST,
+    CELL_MOVING,
+    CELL_PARKED,
+    CELL_RELEASED,
+    CELL_RESIDENT,
+    CELL_STREAM,
+)
 from labtui.engine.transfer import D2H, H2D
 from labtui.engine.units import Unit
 from labtui.errors import LabError
@@ -76,7 +83,14 @@ class Placement:
 
     def set_placement(self, resident: set[int], mode: str, reason: str = "residency") -> None:
         """Move blocks so that exactly ``resident`` live on the accelerator and the rest
-        are offloaded in ``mode``. Checks the budget first: nothing moves on refusal."""
+        are offloaded in ``mode``. Checks the budget first: nothing moves on refusal.
+
+        Each block moves atomically (its weights and KV are copied into their new
+        buffers first and switched over only once every copy arrived). If a move
+        fails part-way, the blocks already moved stay recorded where they now are,
+        the failing block stays where it was, and hooks, reservation and ``moving``
+        are brought back in line before the error goes up: the model keeps serving
+        from a consistent, possibly mixed placement, and the command can be retried."""
         if self.weights_released:
             raise LabError(f"{self.id} is preempted; resume it before changing its residency")
         extra = self.plan_cost(resident, mode)
@@ -89,27 +103,42 @@ class Placement:
         order = [i for i in range(self.n_layers) if target[i] != RESIDENT] + [
             i for i in range(self.n_layers) if target[i] == RESIDENT
         ]
-        for i in order:
-            old, new = self.placement[i], target[i]
-            if old == new:
-                continue
-            self.moving.add(i)
-            self.publish()
-            try:
-                if old == RESIDENT:
-                    self._move_weights(self.blocks[i], to_accel=False, reason=reason, layer=i)
-                elif new == RESIDENT:
-                    self._move_weights(self.blocks[i], to_accel=True, reason=reason, layer=i)
-                if (old == HOST) != (new == HOST):  # KV follows where the block executes
-                    self._move_kv(i, to_accel=(new != HOST), reason=reason)
-                self.placement[i] = new
-            finally:
-                self.moving.discard(i)
+        try:
+            for i in order:
+                if self.placement[i] == target[i]:
+                    continue
+                self.moving.add(i)
+                self.publish()
+                try:
+                    self._move_block(i, target[i], reason)
+                finally:
+                    self.moving.discard(i)
+                self.sync_reservation()
+        finally:
+            offl = {p for p in self.placement if p != RESIDENT}
+            if len(offl) == 1 or not offl:  # a mixed placement keeps the mode it had
+                self.mode = offl.pop() if offl else mode
+            self._refresh_hooks()
             self.sync_reservation()
-        self.mode = mode
-        self._refresh_hooks()
-        self.sync_reservation()
-        self.publish()
+            self.publish()
+
+    def _move_block(self, i: int, new: str, reason: str) -> None:
+        """Move block ``i`` to ``new`` as one step: weights, then its KV if the side
+        it executes on changes; nothing is switched over unless every copy arrived."""
+        old, unit = self.placement[i], self.blocks[i]
+        staged = None
+        if (old == RESIDENT) != (new == RESIDENT):
+            staged = self._copy_weights(unit, to_accel=(new == RESIDENT), reason=reason, layer=i)
+        try:
+            if (old == HOST) != (new == HOST):  # KV follows where the block executes
+                self._move_kv(i, to_accel=(new != HOST), reason=reason)
+        except BaseException:
+            if staged is not None and staged[0]:
+                self.device.accel_free(staged[1])  # the copy that never switched over
+            raise
+        if staged is not None:
+            self._commit_weights(unit, *staged)
+        self.placement[i] = new
 
     def _window_bytes(self, offloaded: list[int], mode: str) -> int:
         """Accelerator buffers for streamed weights: the block computing plus prefetches."""
@@ -119,30 +148,70 @@ class Placement:
         return depth * max(self.blocks[i].nbytes for i in offloaded)
 
     def _move_weights(self, unit: Unit, to_accel: bool, reason: str, layer: int | None = None) -> None:
+        self._commit_weights(unit, *self._copy_weights(unit, to_accel, reason, layer))
+
+    def _copy_weights(self, unit: Unit, to_accel: bool, reason: str, layer: int | None = None):
+        """Copy a unit's weights to the other side without switching over to them.
+
+        The destination exists before the timed copy: to the accelerator, a buffer
+        from the device (pre-faulted on sim); to the host, the unit's own host
+        buffer, kept for life. Returns what ``_commit_weights`` needs."""
         direction = H2D if to_accel else D2H
         src = unit.host_buf if to_accel else unit.accel_buf
         assert src is not None, f"{unit.name}: no source copy to move"
-        moved = self.link.copy(src, direction)
         if to_accel:
-            unit.accel_buf, unit.host_buf = moved.tensor, None
+            dst = self.device.accel_empty(unit.nbytes)
         else:
-            unit.host_buf, unit.accel_buf = moved.tensor, None
-        unit.bind(moved.tensor)
+            # A resident unit's host buffer is not live: the copy may overwrite it
+            # (a failed copy leaves the live accelerator copy untouched).
+            dst = unit.host_buf
+        try:
+            moved = self.link.copy(src, direction, out=dst)
+        except BaseException:
+            if to_accel:
+                self.device.accel_free(dst)
+            raise
+        return to_accel, dst, moved, (unit.name if layer is None else layer), reason
+
+    def _commit_weights(self, unit: Unit, to_accel: bool, dst, moved, layer, reason: str) -> None:
+        """Switch a unit over to the copy ``_copy_weights`` made (cannot fail)."""
+        if to_accel:
+            unit.accel_buf = dst
+        else:
+            self.device.accel_free(unit.accel_buf)
+            unit.accel_buf = None
+        unit.bind(dst)
         self.emit(
             "layer_move",
             model=self.id,
-            layer=layer if layer is not None else unit.name,
+            layer=layer,
             what="weights",
-            direction=direction,
+            direction=H2D if to_accel else D2H,
             bytes=moved.nbytes,
             seconds=round(moved.seconds, 6),
             gbps=round(moved.gbps, 3),
+            wait_s=round(moved.wait_s, 6),
             reason=reason,
         )
 
     def layer_cells(self) -> str:
+        """One cell per block, from where its bytes are now: the placement says where a
+        block goes when the model serves, but a preempted model's blocks are parked in
+        host RAM or released (nothing left: reloaded from the checkpoint)."""
         code = {RESIDENT: CELL_RESIDENT, STREAM: CELL_STREAM, HOST: CELL_HOST}
-        return "".join(CELL_MOVING if i in self.moving else code[p] for i, p in enumerate(self.placement))
+        paused = self._paused_window or self.weights_released
+        out = []
+        for i, p in enumerate(self.placement):
+            b = self.blocks[i]
+            if i in self.moving:
+                out.append(CELL_MOVING)
+            elif b.accel_buf is None and b.host_buf is None:
+                out.append(CELL_RELEASED)
+            elif paused and b.accel_buf is None:
+                out.append(CELL_PARKED)
+            else:
+                out.append(code[p])
+        return "".join(out)
 
     def weight_bytes(self) -> int:
         if self._weight_bytes is None:
@@ -150,23 +219,34 @@ class Placement:
         return self._weight_bytes
 
     def release_weights(self, to: str, reason: str = "preempt") -> tuple[int, float]:
-        """Free the accelerator's copy of every unit; ``to='host'`` keeps a host copy
-        (moved over the link), ``to='disk'`` drops the weights entirely."""
+        """Free the accelerator's copy of every unit; ``to='host'`` copies the weights
+        to their host buffers over the link, ``to='disk'`` drops them entirely.
+
+        A release to host that fails part-way is rolled back (the units already moved
+        are copied back: the accelerator memory they left is still free) and the
+        model is left serving as before; see ``_undo_release``."""
         self.drain_prefetch()
         self._remove_hooks()
         moved_b, t0 = 0, time.perf_counter()
         units = [self.rest, *self.blocks]
         if to == "host":
-            for u in units:
-                if u.accel_buf is not None:
-                    self._move_weights(u, to_accel=False, reason=reason, layer=u.index if u.index is not None else None)
-                    moved_b += u.nbytes
+            done: list[Unit] = []
+            try:
+                for u in units:
+                    if u.accel_buf is not None:
+                        self._move_weights(u, to_accel=False, reason=reason, layer=u.index if u.index is not None else None)
+                        moved_b += u.nbytes
+                        done.append(u)
+            except BaseException:
+                self._undo_release(done)
+                raise
         else:
             for u in units:
                 moved_b += u.nbytes if u.accel_buf is not None else 0
                 # Non-persistent buffers (rotary inv_freq) are not in the checkpoint:
                 # keep standalone copies of those few KiB; everything else is freed.
                 u.kept = {k: t.detach().to("cpu", copy=True) for k, (sl, t) in enumerate(zip(u.slots, u.tensors(), strict=True)) if not sl.persistent}
+                self.device.accel_free(u.accel_buf)
                 u.accel_buf = None
                 u.host_buf = None
                 self._unbind_to_placeholder(u)
@@ -177,18 +257,41 @@ class Placement:
         self.sync_reservation()
         return moved_b, time.perf_counter() - t0
 
+    def _undo_release(self, done: list[Unit]) -> None:
+        """Bring the units a failed release moved back to the accelerator; a block that
+        cannot come back is recorded as streamed (weights on host, KV where it was:
+        the one offloaded placement that needs no KV move). Hooks and reservation
+        follow; only the embedding/head failing twice leaves the error standing."""
+        for u in done:
+            try:
+                self._move_weights(u, to_accel=True, reason="rollback", layer=u.index)
+            except Exception:
+                if u.index is None:
+                    self._move_weights(u, to_accel=True, reason="rollback")
+                else:
+                    self.placement[u.index] = STREAM
+        self._refresh_hooks()
+        self.sync_reservation()
+
     def reload_weights(self, from_: str, reason: str = "resume") -> tuple[int, float]:
-        """Bring resident units back to the accelerator, from host RAM or the checkpoint."""
+        """Bring resident units back to the accelerator, from host RAM or the checkpoint.
+
+        Units move one at a time, each atomically; if one fails, those already back
+        are recorded on the accelerator (the ledger counts them), the model stays
+        preempted, and a later resume moves the rest."""
         t0 = time.perf_counter()
         if from_ == "disk" and self.weights_released:
             self._read_checkpoint()
             self.weights_released = False
         moved_b = 0
-        for u in [self.rest, *self.blocks]:
-            on_accel = u.index is None or self.placement[u.index] == RESIDENT
-            if on_accel and u.accel_buf is None:
-                self._move_weights(u, to_accel=True, reason=reason, layer=u.index)
-                moved_b += u.nbytes
+        try:
+            for u in [self.rest, *self.blocks]:
+                on_accel = u.index is None or self.placement[u.index] == RESIDENT
+                if on_accel and u.accel_buf is None:
+                    self._move_weights(u, to_accel=True, reason=reason, layer=u.index)
+                    moved_b += u.nbytes
+        finally:
+            self.sync_reservation()
         self._paused_window = False
         self._refresh_hooks()
         self.sync_reservation()

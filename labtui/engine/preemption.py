@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from labtui.engine.decode import Batch
 from labtui.engine.hosted import HostedModel
+from labtui.engine.placement import HOST, RESIDENT
 from labtui.engine.snapshot import PhaseReport
 from labtui.errors import LabError
 
@@ -42,7 +43,16 @@ def preempt(hm: HostedModel, batch: Batch, kv: str, weights: str) -> PhaseReport
         kv_b = batch.drop_kv()
     hm.device.synchronize()
     t1 = time.perf_counter()
-    rel_b, _ = hm.release_weights(weights, reason="preempt")
+    try:
+        rel_b, _ = hm.release_weights(weights, reason="preempt")
+    except BaseException:
+        # release_weights rolled the weights back; bring a swapped KV back too, so
+        # the model serves on as if the preemption had never started
+        if kv == "swap":
+            hm.swap_kv(to_host=False, reason="rollback")
+        for r in batch.rows:
+            r.state = "running"
+        raise
     t2 = time.perf_counter()
     hm.sync_reservation()
     return PhaseReport(
@@ -58,23 +68,46 @@ def preempt(hm: HostedModel, batch: Batch, kv: str, weights: str) -> PhaseReport
     )
 
 
-def resume_cost(hm: HostedModel, report: PhaseReport) -> int:
-    """Accelerator bytes a resume will take: the placement it had, its KV back (kept
-    KV never left; swapped KV comes back; dropped KV is recomputed) and the admitted
-    requests' reservation, released while preempted (reservation.py)."""
-    return hm.claim_bytes(hm.resident_set(), hm.mode) - hm.ledger().accel_total
+def resume_cost(hm: HostedModel, report: PhaseReport, resident: set[int] | None = None, mode: str | None = None) -> int:
+    """Accelerator bytes a resume will take: the placement it had (or ``resident`` in
+    ``mode``: a resume to another placement), its KV back (kept KV never left; swapped
+    KV comes back; dropped KV is recomputed) and the admitted requests' reservation,
+    released while preempted (reservation.py)."""
+    if resident is None:
+        resident = hm.resident_set()
+    return hm.claim_bytes(resident, mode or hm.mode) - hm.ledger().accel_total
 
 
-def resume(hm: HostedModel, batch: Batch, report: PhaseReport, t_preempt: float) -> PhaseReport:
-    hm.device.check_fits(resume_cost(hm, report), f"resuming {hm.id}")
+def _retarget(hm: HostedModel, resident: set[int], mode: str) -> list[tuple[int, bool]]:
+    """While the weights are off the accelerator: return to ``resident``/``mode``
+    instead of the placement it was preempted from. Returns the KV moves the new
+    placement needs, (block, to_accel): each block's KV lives where it executes."""
+    was_host = [hm.kv_on_host(i) or hm._kv_swapped for i in range(hm.n_layers)]
+    hm.placement = [RESIDENT if i in resident else mode for i in range(hm.n_layers)]
+    hm.mode = mode
+    hm._kv_swapped = False
+    return [(i, hm.placement[i] != HOST) for i in range(hm.n_layers) if was_host[i] != (hm.placement[i] == HOST)]
+
+
+def resume(hm: HostedModel, batch: Batch, report: PhaseReport, t_preempt: float,
+           resident: set[int] | None = None, mode: str | None = None) -> PhaseReport:
+    """Weights back (reload), KV back (kv_in), dropped KV recomputed; to the placement
+    it had, or to ``resident``/``mode`` (a pipelined resume's first placement)."""
+    hm.device.check_fits(resume_cost(hm, report, resident, mode), f"resuming {hm.id}")
     hm.device.synchronize()
     t0 = time.perf_counter()
+    if hm.weights_released and report.weights == "disk":
+        hm._read_checkpoint()  # first: a damaged file leaves the model preempted, unchanged
+        hm.weights_released = False
+    kv_moves = _retarget(hm, resident, mode or hm.mode) if resident is not None else []
     rel_b, _ = hm.reload_weights(report.weights, reason="resume")
     hm.device.synchronize()
     t1 = time.perf_counter()
     kv_b = 0
-    if report.kv == "swap":
+    if report.kv == "swap" and hm._kv_swapped:
         kv_b, _ = hm.swap_kv(to_host=False, reason="resume")
+    for i, to_accel in kv_moves:
+        kv_b += hm._move_kv(i, to_accel=to_accel, reason="resume")[0]
     hm.device.synchronize()
     t2 = time.perf_counter()
     rec_tokens = batch.recompute() if batch.needs_recompute else 0

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Layer-map cell codes, one per decoder block (used by the TUI's layer map).
+# Layer-map cell codes, one per decoder block (used by the TUI's layer map), made by
+# the hosted model from where each block's bytes are now, not from its placement:
+# a preempted model's blocks are parked or released, never "resident".
 CELL_RESIDENT = "R"  # weights live on the accelerator
 CELL_STREAM = "S"  # weights in host memory, copied in for each forward
 CELL_HOST = "H"  # block runs on the host
 CELL_MOVING = "M"  # a move of this block is in flight now
+CELL_PARKED = "P"  # preempted: weights kept in host RAM, copied back on resume
+CELL_RELEASED = "D"  # preempted: weights released, reloaded from the checkpoint on disk
+PAUSED_CELLS = (CELL_PARKED, CELL_RELEASED)
 
 MODEL_STATES = ("loading", "serving", "idle", "preempting", "preempted", "resuming", "unloading")
 
@@ -26,8 +31,11 @@ class Ledger:
     accel_weights: int = 0
     accel_kv: int = 0
     accel_buffers: int = 0  # embeddings/head/rotary buffers and in-flight stream copies
-    host_weights: int = 0
+    host_weights: int = 0  # weights whose live copy is on the host (offloaded)
     host_kv: int = 0
+    # host copies kept for units resident on the accelerator (pinned staging on cuda):
+    # host RAM held, not offloaded weights (transfer.py explains why they are kept)
+    host_staging: int = 0
 
     @property
     def accel_total(self) -> int:
@@ -85,14 +93,19 @@ class ModelSnapshot:
     completed: int
     cancelled: int
     tokens_generated: int
-    tok_s: float  # decode tokens/s over the last few seconds
-    tok_s_overall: float
-    tok_s_history: tuple[float, ...]  # one sample per snapshot tick, newest last
+    # Speed, in two words that never mean the same thing (docs/engine-api.md):
+    # served tok/s = tokens made by decode steps per wall second (waiting for other
+    # models, prefill and pauses count against it); decode tok/s = the same tokens
+    # per second of the model's own decode steps (busy time). Both over the last
+    # few seconds (metrics.WINDOW_S); None until enough was measured (no spike).
+    served_tok_s: float | None
+    decode_tok_s: float | None
+    served_tok_s_history: tuple[float, ...]  # one sample per history tick, newest last
     ttft_p50: float | None
     ttft_p95: float | None
     tpot_p50: float | None
     tpot_p95: float | None
-    achieved_gbps: float  # bytes read per token x tokens/s
+    achieved_gbps: float  # bytes read per token x decode tok/s (gpt-fast's figure)
     bytes_per_token: int
     last_text: str
     last_preemption: PhaseReport | None
@@ -108,7 +121,20 @@ class ModelSnapshot:
 
     @property
     def resident_layers(self) -> int:
+        """Blocks whose weights are on the accelerator now (0 while preempted)."""
         return sum(1 for c in self.layer_cells if c == CELL_RESIDENT)
+
+    @property
+    def paused_where(self) -> tuple[str, str] | None:
+        """While preempted: (where the weights are, where the KV is), in words:
+        weights "host" | "disk" (from the cells), KV "host" (swapped) | "accelerator"
+        (kept) | "dropped" (recomputed on resume). None when not preempted."""
+        if self.state != "preempted":
+            return None
+        weights = "disk" if CELL_RELEASED in self.layer_cells else "host"
+        kv = {"swap": "host", "keep": "accelerator", "drop": "dropped"}.get(
+            self.last_preemption.kv if self.last_preemption else "", "?")
+        return weights, kv
 
 
 @dataclass(frozen=True)
@@ -158,3 +184,71 @@ class EngineSnapshot:
 
     def model(self, model_id: str) -> ModelSnapshot | None:
         return next((m for m in self.models if m.id == model_id), None)
+
+
+def model_problems(m: ModelSnapshot) -> list[str]:
+    """What in ``m`` the real engine can never produce (empty: a possible state).
+
+    The engine's own snapshots are tested against this after preemptions of every
+    kind (tests/test_display_truth.py), and so are the frozen engine's hand-built
+    ones, so a screenshot cannot show a state the lab would never show."""
+    out: list[str] = []
+    if m.n_layers == 0:  # still loading: nothing placed yet
+        return [] if not m.layer_cells else [f"{m.id}: cells before its layers are known"]
+    cells, led = m.layer_cells, m.ledger
+    known = {CELL_RESIDENT, CELL_STREAM, CELL_HOST, CELL_MOVING, *PAUSED_CELLS}
+    if len(cells) != m.n_layers or set(cells) - known:
+        out.append(f"{m.id}: {len(cells)} cells {cells!r} for {m.n_layers} layers")
+    if abs(m.residency - m.resident_layers / m.n_layers) > 1e-9:
+        out.append(f"{m.id}: residency {m.residency} but {m.resident_layers} resident cells")
+    other = {"stream": CELL_HOST, "host": CELL_STREAM}.get(m.mode)
+    if other in cells:
+        out.append(f"{m.id}: a {other!r} cell in offload mode {m.mode}")
+    paused = [c for c in cells if c in PAUSED_CELLS]
+    if m.state == "preempted":
+        if len(set(cells)) != 1 or not paused:
+            out.append(f"{m.id}: preempted but its cells are {cells!r} (all parked or all released)")
+        if led.accel_weights or led.accel_buffers:
+            out.append(f"{m.id}: preempted but holds weights/buffers on the accelerator")
+        if CELL_PARKED in cells and led.host_weights == 0:
+            out.append(f"{m.id}: weights parked in host RAM but the ledger has none there")
+        if CELL_RELEASED in cells and led.host_weights:
+            out.append(f"{m.id}: weights released to disk but the ledger still holds them on the host")
+        p = m.last_preemption
+        if p is None or p.complete:
+            out.append(f"{m.id}: preempted without an open preemption report")
+        elif (CELL_RELEASED in cells) != (p.weights == "disk"):
+            out.append(f"{m.id}: cells {cells[:1]!r} but the preemption's weights={p.weights}")
+        elif p.kv == "swap" and led.accel_kv:
+            out.append(f"{m.id}: KV swapped to the host but the accelerator holds KV")
+        elif p.kv == "drop" and (led.accel_kv or led.host_kv):
+            out.append(f"{m.id}: KV dropped but the ledger holds KV")
+        if m.decode_tok_s is not None or m.achieved_gbps:
+            out.append(f"{m.id}: preempted (not decoding) with a decode rate or GB/s")
+    elif m.state not in ("preempting", "resuming"):
+        if paused:
+            out.append(f"{m.id}: {m.state} with parked or released cells")
+        if led.accel_weights == 0:
+            out.append(f"{m.id}: {m.state} with no weights on the accelerator (embedding and head stay)")
+    if led.accel_buffers and CELL_STREAM not in cells and CELL_MOVING not in cells:
+        out.append(f"{m.id}: stream buffers on the accelerator but no streamed block")
+    if m.running and m.state in ("idle", "loading"):
+        out.append(f"{m.id}: {m.running} running requests while {m.state}")
+    for name in ("served_tok_s", "decode_tok_s"):
+        v = getattr(m, name)
+        if v is not None and not v >= 0:
+            out.append(f"{m.id}: {name} = {v}")
+    if m.served_tok_s is not None and m.decode_tok_s is not None and m.served_tok_s > m.decode_tok_s * 1.1:
+        out.append(f"{m.id}: served tok/s {m.served_tok_s:.1f} above decode tok/s {m.decode_tok_s:.1f} "
+                   "(wall time is never shorter than decode time)")
+    if m.decode_tokens > m.tokens_generated:
+        out.append(f"{m.id}: {m.decode_tokens} decode tokens of {m.tokens_generated} generated")
+    return out
+
+
+def snapshot_problems(snap: EngineSnapshot) -> list[str]:
+    out = [p for m in snap.models for p in model_problems(m)]
+    used = sum(m.ledger.accel_total for m in snap.models)
+    if snap.device.simulated and used != snap.device.used_bytes:
+        out.append(f"device used {snap.device.used_bytes} != sum of the ledgers {used}")
+    return out

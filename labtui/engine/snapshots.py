@@ -9,6 +9,7 @@ import time
 
 from labtui.engine.hosted import STREAM
 from labtui.engine.snapshot import (
+    CELL_RESIDENT,
     DeviceSnapshot,
     EngineSnapshot,
     Ledger,
@@ -41,7 +42,7 @@ class SnapshotBuilder:
         if now - self._last_hist >= HISTORY_PERIOD_S:
             self._last_hist = now
             for ms in list(self._models.values()):
-                ms.metrics.history.append(ms.metrics.tok_s(now))
+                ms.metrics.history.append(ms.metrics.served_tok_s(now) or 0.0)
         self._snapshot = self._build_snapshot()
 
     def _build_snapshot(self) -> EngineSnapshot:
@@ -62,17 +63,25 @@ class SnapshotBuilder:
             m = ms.metrics
             rows = list(ms.batch.rows) if ms.batch else []
             pct = m.percentiles()
+            cells = hm.layer_cells() if hm else ""
             models.append(
                 ModelSnapshot(
                     id=ms.id, source=ms.source, family=hm.family if hm else "?", params=hm.params if hm else 0,
                     n_layers=hm.n_layers if hm else 0, state=ms.state, mode=hm.mode if hm else STREAM,
                     prefetch=hm.prefetch if hm else True, priority=ms.priority, max_batch=ms.max_batch,
-                    residency=hm.residency if hm else 0.0, layer_cells=hm.layer_cells() if hm else "",
+                    # residency as the cells show it: 0 while preempted (the placement,
+                    # restored on resume, is in the residency events)
+                    residency=cells.count(CELL_RESIDENT) / len(cells) if cells else 0.0, layer_cells=cells,
                     ledger=hm.ledger() if hm else _EMPTY_LEDGER, queued=len(ms.queue), running=len(rows),
                     completed=m.completed, cancelled=m.cancelled, tokens_generated=m.tokens,
-                    tok_s=m.tok_s(now), tok_s_overall=m.overall_tok_s(), tok_s_history=tuple(m.history),
+                    # a preempted model is not decoding: no decode rate ("-"); its served
+                    # rate falls with the wall time it loses
+                    served_tok_s=m.served_tok_s(now),
+                    decode_tok_s=None if ms.state == "preempted" else m.decode_tok_s(now),
+                    served_tok_s_history=tuple(m.history),
                     ttft_p50=pct[0], ttft_p95=pct[1], tpot_p50=pct[2], tpot_p95=pct[3],
-                    achieved_gbps=m.gbps(now), bytes_per_token=m.bytes_per_token,
+                    achieved_gbps=0.0 if ms.state == "preempted" else m.gbps(now),
+                    bytes_per_token=m.bytes_per_token,
                     last_text=ms.last_text, last_preemption=ms.last_preemption,
                     decode_tokens=m.decode_tokens, decode_s=m.decode_s,
                     waiting_reason=ms.waiting_reason, reserved_bytes=hm._hold if hm else 0,

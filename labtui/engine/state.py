@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from labtui.engine.decode import Batch
 from labtui.engine.hosted import HostedModel
+from labtui.engine.limits import PREEMPTIONS_KEPT, RESIDENCY_HISTORY_KEPT
 from labtui.engine.metrics import ModelMetrics
 from labtui.engine.snapshot import PhaseReport
 
@@ -29,8 +30,9 @@ class ModelState:
     t_preempt: float = 0.0
     auto_preempted: bool = False
     last_preemption: PhaseReport | None = None
-    preemptions: list = field(default_factory=list)
-    residency_history: list = field(default_factory=list)
+    # the last ones only (bounded memory; every one is an event, in a bundle on disk)
+    preemptions: deque = field(default_factory=lambda: deque(maxlen=PREEMPTIONS_KEPT))
+    residency_history: deque = field(default_factory=lambda: deque(maxlen=RESIDENCY_HISTORY_KEPT))
     last_text: str = ""
     eos: set = field(default_factory=set)
     corpus: list | None = None

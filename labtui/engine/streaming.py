@@ -85,7 +85,11 @@ class Streaming:
             p.wait()
             self._give_buf(j)
         self._inflight.clear()
-        self._free_bufs.clear()  # placement may change: sizes and count with it
+        # placement may change, and the window's sizes and count with it: the buffers
+        # go back to the device, which keeps them (pre-faulted) for the next user
+        for b in self._free_bufs:
+            self.device.accel_free(b)
+        self._free_bufs.clear()
 
     def _take_buf(self, nbytes: int) -> torch.Tensor:
         size = max(self.blocks[i].nbytes for i in self._streamed_order())

@@ -20,6 +20,7 @@ from labtui.engine import commands as C
 from labtui.engine.decode import Request
 from labtui.engine.events import Event
 from labtui.engine.hosted import HostedModel
+from labtui.engine.limits import KEEP_DONE_WORKLOADS
 from labtui.engine.state import ModelState
 from labtui.engine.workload import Workload
 from labtui.errors import LabError, one_line
@@ -60,6 +61,7 @@ class WorkerLoop:
                 self._wake.clear()
         # shutdown: fail nothing silently. Requests running, queued or not yet picked
         # up end cancelled ("engine closed") with their request_finish event.
+        self._triggers.close()
         while True:
             try:
                 self._enqueue(self._incoming.get_nowait())
@@ -109,6 +111,7 @@ class WorkerLoop:
                 break
             did = True
             self._apply(cmd, fut)
+        did |= self._fire_triggers()
         while True:
             try:
                 req = self._incoming.get_nowait()
@@ -121,11 +124,22 @@ class WorkerLoop:
                 w.tick(now, lambda ids, n, seed, w=w: self._workload_submit(w, ids, n, seed))
         if self.policy.name == "priority":
             did |= self._priority_rebalance()
+        did |= self._policy_tick(now)  # policy actions and resume climbs (policies/driver.py)
         pick = self.policy.pick(self._candidates())
         if pick is None:
             return did
         self._step(self._models[pick[0]], pick[1])
+        self._fire_triggers()  # between this step and the model's next: exact counts
         return True
+
+    def _fire_triggers(self) -> bool:
+        if not self._triggers:
+            return False
+        due = self._triggers.due(self._models)
+        for a in due:
+            self._count(commands=1)  # _apply ends it, as for a queued command
+            self._apply(a.cmd, a.fut)
+        return bool(due)
 
     def _apply(self, cmd, fut: Future) -> None:
         if callable(cmd):  # an internal call that must see a consistent state (tests)
@@ -160,6 +174,7 @@ class WorkerLoop:
             fut.set_exception(e)
             return
         self.command_log.append((round(self.now(), 4), cmd))
+        self.commands_total += 1
         self._emit("command", **cmd.to_toml_dict())
         self._publish(force=True)  # the caller sees the command's effect at once
         fut.set_result(result)
@@ -210,6 +225,7 @@ class WorkerLoop:
                 finished = batch.remove_finished()
                 tokens = 1
             else:
+                rows = list(batch.rows)
                 tokens = len(batch)
                 finished = batch.decode_step(ms.eos)
         except Exception as e:
@@ -222,6 +238,9 @@ class WorkerLoop:
         led = hm.ledger()
         bytes_read = hm.weight_bytes() + led.accel_kv + led.host_kv  # gpt-fast's bytes per step
         ms.metrics.on_step(now, tokens, now - t0, bytes_read, decode=(action == "decode"))
+        if action == "decode":
+            for r in rows:
+                r.decode_s += (now - t0) / len(rows)
         self._set_plan(ms)  # finished rows release their reservation
         hm.sync_reservation(led)
         for req in finished:
@@ -276,13 +295,16 @@ class WorkerLoop:
             ms.metrics.on_finish(req.ttft_s, req.tpot_s)
             tok = ms.hm.tokenizer if ms.hm else None
             if tok is not None:
-                ms.last_text = tok.decode(req.out_ids[-48:], skip_special_tokens=True)
+                from labtui.models.text import display_text  # no broken UTF-8 at the ends
+
+                ms.last_text = display_text(tok, req.out_ids[-48:])
         now = time.perf_counter()
         self._emit(
             "request_finish", model=ms.id, request=req.id, workload=req.workload,
             prompt_tokens=len(req.prompt_ids), new_tokens=len(req.out_ids), digest=req.digest(),
             ttft_s=_r(req.ttft_s), tpot_s=_r(req.tpot_s), e2e_s=_r(now - req.t_submit),
             queue_s=_r((req.t_start or now) - req.t_submit), paused_s=_r(req.paused_s), reason=req.finish_reason,
+            decode_s=_r(req.decode_s),
         )
         if req.workload and req.workload in self._workloads:
             w = self._workloads[req.workload]
@@ -290,9 +312,18 @@ class WorkerLoop:
             w.on_finish(req.id, cancelled=req.state != "done")
             if w.done and not was_done:
                 self._emit("workload_done", workload=w.id, model=w.model, completed=w.completed, cancelled=w.cancelled)
+                self._prune_workloads()
         self._requests.pop(req.id, None)
         req.done.set()
         self._count(requests=-1)
+
+    def _prune_workloads(self) -> None:
+        """Forget all but the last KEEP_DONE_WORKLOADS finished workloads (bounded
+        snapshots and memory); running ones always stay."""
+        done = [wid for wid, w in self._workloads.items() if w.done]
+        for wid in done[: max(0, len(done) - KEEP_DONE_WORKLOADS)]:
+            del self._workloads[wid]
+            self._workloads_pruned += 1
 
     def _emit(self, _kind: str, **data) -> None:
         with self._ev_lock:

@@ -5,8 +5,10 @@ Accepted:
 - a local Hugging Face directory: config.json plus safetensors weights
   (model.safetensors or model.safetensors.index.json with its shards); a relative
   path is resolved against `base` (e.g. the scenario file's folder), else the cwd;
-- a hub id `org/name`: fetched with huggingface_hub unless HF_HUB_OFFLINE or
-  TRANSFORMERS_OFFLINE is set.
+- `hf:org/name`: a model already in the local Hugging Face cache (HF_HUB_CACHE /
+  HF_HOME), its snapshot for refs/main; never downloads (`labtui models` lists them);
+- a hub id `org/name`: taken from the local cache when it is there, else fetched
+  with huggingface_hub unless HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set.
 
 Only causal LMs are hosted, and only safetensors weights are read: a checkpoint
 with only pytorch_model.bin (a pickle, which can run code on load) is refused.
@@ -25,8 +27,8 @@ from pathlib import Path
 from labtui.errors import LabError, one_line
 
 ACCEPTED = (
-    "accepted: zoo:NAME, a local Hugging Face directory with config.json and "
-    "safetensors weights, or a hub id org/name"
+    "accepted: zoo:NAME, hf:org/name (in the local Hugging Face cache), a local Hugging "
+    "Face directory with config.json and safetensors weights, or a hub id org/name"
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SAFE_INDEX = "model.safetensors.index.json"
@@ -36,7 +38,7 @@ _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.ckpt", "
 @dataclass(frozen=True)
 class ResolvedSource:
     source: str  # as given
-    kind: str  # 'zoo' | 'dir' | 'hub'
+    kind: str  # 'zoo' | 'dir' | 'hub' (hf:org/name is a hub id taken from the cache)
     path: Path  # local checkpoint folder (for 'hub': the downloaded snapshot)
     name: str  # for display: zoo name, folder name or hub id
     family: str  # config.model_type
@@ -78,6 +80,12 @@ def _check_causal(config: dict, where: str, trust_remote_code: bool) -> str:
         f"{where} is a {mtype} checkpoint, not a causal LM; labtui hosts causal LMs "
         "(llama, qwen2, qwen3, mistral, gpt2, phi3, …)"
     )
+
+
+def check_causal_config(config: dict, where: str) -> str:
+    """The family (model_type) of a config.json that labtui can host without custom
+    code, else LabError."""
+    return _check_causal(config, where, trust_remote_code=False)
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -193,6 +201,21 @@ def resolve_source(
         check_weights(folder)
         return ResolvedSource(source, "zoo", folder, spec.name, spec.family)
 
+    if src.startswith("hf:"):
+        repo_id = src[3:].strip()
+        if not _HUB_ID.match(repo_id):
+            raise _err(f"'{src}' is not hf:org/name; {ACCEPTED}")
+        folder = _cached_snapshot(repo_id)
+        if folder is None:
+            from labtui.models.catalog import hub_cache_dir
+
+            raise _err(
+                f"'{repo_id}' is not in the local Hugging Face cache ({hub_cache_dir()}); "
+                "`labtui models` lists what is there; accepted: hf:org/name of a cached model"
+            )
+        family = _check_dir(folder, f"cached hub model {repo_id}", trust_remote_code)
+        return ResolvedSource(source, "hub", folder, repo_id, family, hub_id=repo_id)
+
     p = Path(os.path.expanduser(src))
     if not p.is_absolute():
         p = Path(base) / p if base is not None else Path.cwd() / p
@@ -208,8 +231,30 @@ def resolve_source(
     return _resolve_hub(source, src, trust_remote_code)
 
 
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The local cache's snapshot of `repo_id` (refs/main), or None; no network."""
+    from huggingface_hub import snapshot_download
+
+    from labtui.models.catalog import hub_cache_dir
+
+    root = hub_cache_dir()
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=root))
+    except Exception:  # noqa: BLE001 - huggingface_hub's "not cached" errors vary by version
+        pass
+    # cached at a pinned revision only (no refs/main): its newest snapshot
+    snaps = root / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    found = sorted((p for p in snaps.glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
 def _resolve_hub(source: str, repo_id: str, trust_remote_code: bool) -> ResolvedSource:
     from labtui.models import zoo
+
+    cached = _cached_snapshot(repo_id)
+    if cached is not None:
+        family = _check_dir(cached, f"hub model {repo_id}", trust_remote_code)
+        return ResolvedSource(source, "hub", cached, repo_id, family, hub_id=repo_id)
 
     hint = f"accepted offline: zoo:NAME ({', '.join(zoo.names())}) or a local HF directory"
     if _offline():

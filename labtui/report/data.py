@@ -12,10 +12,10 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from labtui.scenario.bundle import Bundle
-from labtui.scenario.stats import run_stats
+from labtui.scenario.stats import median_ci, ratio_ci, run_stats
 
 PHASES = ("kv_out_s", "release_s", "reload_s", "kv_in_s", "recompute_s")
 
@@ -37,6 +37,7 @@ class Run:
     preempts: list[dict] = field(default_factory=list)
     moves: list[dict] = field(default_factory=list)  # layer_move events
     ended: bool = False  # a point_end line was written
+    cpu_other: float | None = None  # share of the machine's CPU other processes used meanwhile
 
     def key(self) -> tuple:
         return (self.bundle, self.point, self.rep)
@@ -63,6 +64,7 @@ def runs_of(b: Bundle) -> list[Run]:
         r.stats = run_stats(evs)
         r.ended = k in ends
         r.finished = bool(ends.get(k, {}).get("finished"))
+        r.cpu_other = ends.get(k, {}).get("cpu_other")
         r.resumes = [e for e in evs if e.get("kind") == "resume"]
         r.preempts = [e for e in evs if e.get("kind") == "preempt"]
         r.moves = [e for e in evs if e.get("kind") == "layer_move"]
@@ -108,8 +110,20 @@ def label_of(group: tuple, skip: tuple[str, ...] = ()) -> str:
     return " ".join(parts)
 
 
-def curves(runs: list[Run], x_of, metric: str, drop: tuple[str, ...]) -> dict[tuple, list[tuple]]:
-    """(model source, group) -> sorted [(x, mean, std, n)] of `metric` over repetitions."""
+class Pt(NamedTuple):
+    """One x of a curve: the median over repetitions, its 95% CI (None for n=1),
+    n, and the repetitions themselves (drawn as dots)."""
+
+    x: float
+    y: float
+    lo: float | None
+    hi: float | None
+    n: int
+    values: tuple
+
+
+def curves(runs: list[Run], x_of, metric: str, drop: tuple[str, ...]) -> dict[tuple, list[Pt]]:
+    """(model source, group) -> sorted points of `metric`: medians with bootstrap CIs."""
     acc: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         for m, st in r.stats.items():
@@ -117,20 +131,31 @@ def curves(runs: list[Run], x_of, metric: str, drop: tuple[str, ...]) -> dict[tu
             if x is None or y is None:
                 continue
             acc[(model_source(r, m), group_values(r, drop))][x].append(y)
-    out: dict[tuple, list[tuple]] = {}
+    out: dict[tuple, list[Pt]] = {}
     for k, pts in acc.items():
-        out[k] = [(x, statistics.fmean(ys), statistics.stdev(ys) if len(ys) > 1 else 0.0, len(ys))
-                  for x, ys in sorted(pts.items())]
+        row = []
+        for x, ys in sorted(pts.items()):
+            c = median_ci(ys)
+            row.append(Pt(x, c["median"], c["ci_lo"], c["ci_hi"], c["n"], tuple(ys)))
+        out[k] = row
     return out
 
 
-def normalised(runs: list[Run]) -> dict[tuple, list[tuple]]:
-    """Decode tok/s / the same curve's value at residency 1.0 (runs without one: dropped)."""
-    out: dict[tuple, list[tuple]] = {}
+def normalised(runs: list[Run]) -> dict[tuple, list[Pt]]:
+    """Decode tok/s / the same curve's median at residency 1.0 (curves without one:
+    dropped). The CI is that of the ratio of bootstrap medians, so the reference
+    point's own uncertainty widens every other point's band; dots are each
+    repetition over the reference median."""
+    out: dict[tuple, list[Pt]] = {}
     for k, pts in curves(runs, residency_of, "decode_tok_s", ("residency",)).items():
-        full = next((m for x, m, _, _ in pts if x == 1.0), None)
-        if full:
-            out[k] = [(x, m / full, s / full, n) for x, m, s, n in pts]
+        full = next((p for p in pts if p.x == 1.0), None)
+        if full is None or not full.y:
+            continue
+        row = []
+        for p in pts:
+            c = ratio_ci(p.values, full.values)
+            row.append(Pt(p.x, c["median"], c["ci_lo"], c["ci_hi"], p.n, tuple(v / full.y for v in p.values)))
+        out[k] = row
     return out
 
 
@@ -181,3 +206,53 @@ def _pair_label(r: Run) -> str:
     if isinstance(v, dict):
         return " -> ".join(str(s).removeprefix("zoo:") for s in v.values())
     return str(r.values.get("model", "")).removeprefix("zoo:")
+
+
+# ---------------------------------------------------------------------------
+# tidy tables (points.csv, preemptions.csv, labtui.report.load)
+
+POINT_COLUMNS = ("bundle", "point", "model", "params", "offload", "residency", "resident_layers",
+                 "prefetch", "link_gbps", "profile", "max_new_tokens", "rep", "decode_tok_s",
+                 "served_tok_s", "ttft_s", "tpot_s", "cpu_other")
+PREEMPTION_COLUMNS = ("bundle", "point", "rep", "model", "kv", "weights", "at_tokens", "kv_out_s",
+                      "release_s", "reload_s", "kv_in_s", "recompute_s", "total_s", "reload_bytes",
+                      "kv_bytes", "profile")
+
+
+def max_new_tokens_of(r: Run, m: str) -> Any:
+    if "max_new_tokens" in r.values:
+        return r.values["max_new_tokens"]
+    st = r.stats.get(m) or {}
+    return round(st["tokens"] / st["requests"]) if st.get("requests") else None
+
+
+def point_rows(runs: list[Run]) -> list[dict]:
+    """One row per point x repetition x model (model = its source, as in the figures)."""
+    rows = []
+    for r in runs:
+        for m, st in r.stats.items():
+            info = r.models.get(m) or {}
+            rows.append({
+                "bundle": r.bundle, "point": r.point, "model": model_source(r, m),
+                "params": info.get("params"), "offload": info.get("mode"),
+                "residency": residency_of(r, m), "resident_layers": info.get("resident_layers"),
+                "prefetch": info.get("prefetch"), "link_gbps": r.device.get("link_gbps"),
+                "profile": r.device.get("profile"), "max_new_tokens": max_new_tokens_of(r, m),
+                "rep": r.rep, "decode_tok_s": st.get("decode_tok_s"),
+                "served_tok_s": st.get("served_tok_s", st.get("throughput_tok_s")), "ttft_s": st.get("ttft_p50"),
+                "tpot_s": st.get("tpot_p50"), "cpu_other": r.cpu_other,
+            })
+    return rows
+
+
+def preemption_table(rows: list[dict], runs: list[Run]) -> list[dict]:
+    by_key = {r.key(): r for r in runs}
+    out = []
+    for row in rows:
+        r = by_key.get((row["bundle"], row["point"], row["rep"]))
+        d = {k: row.get(k) for k in PREEMPTION_COLUMNS}
+        d["model"] = row["source"]
+        d["kv_bytes"] = row.get("kv_out_bytes") or row.get("kv_in_bytes") or 0  # the cache's size
+        d["profile"] = r.device.get("profile") if r else None
+        out.append(d)
+    return out

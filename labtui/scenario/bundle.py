@@ -1,6 +1,6 @@
 """Result bundles: the folder a run writes, and a reader that survives a killed run.
 
-Layout (DESIGN.md, "Result bundle"):
+Layout (docs/scenarios.md, "Bundle"):
 
 - ``scenario.toml``  the scenario as run (--quick/--device applied, noted on top)
 - ``env.json``       eng.env_info() + labtui version, argv, start time
@@ -28,11 +28,74 @@ from typing import Any
 from labtui.errors import LabError, one_line
 
 METRICS_COLUMNS = (
-    "t", "model", "state", "residency", "resident_layers", "mode", "tok_s", "tok_s_overall",
-    "tokens", "accel_weights_bytes", "accel_kv_bytes", "host_bytes", "queued", "running",
+    "t", "model", "state", "residency", "resident_layers", "mode", "served_tok_s", "decode_tok_s",
+    "paused_weights", "paused_kv", "tokens", "accel_weights_bytes", "accel_kv_bytes", "host_bytes", "queued", "running",
     "completed", "device_used_bytes", "point", "rep",
 )  # fmt: skip
 SAMPLE_S = 0.25
+
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LABTUI_THREADS",
+              "TORCH_NUM_THREADS")
+
+
+def thread_settings() -> dict[str, Any]:
+    """What decides CPU compute speed on this run (for env.json): torch's intra-
+    and inter-op threads, the thread env variables, the CPUs this process may use
+    and the load average when the run began (other work on the machine is noise)."""
+    out: dict[str, Any] = {"cpu_count": os.cpu_count(),
+                           "env": {k: os.environ.get(k) for k in THREAD_ENV}}
+    try:
+        out["affinity_cpus"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on every platform
+        out["affinity_cpus"] = None
+    try:
+        out["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        out["loadavg"] = None
+    try:
+        import torch
+
+        out["torch_num_threads"] = torch.get_num_threads()
+        out["torch_num_interop_threads"] = torch.get_num_interop_threads()
+    except ImportError:
+        pass
+    return out
+
+
+class CpuShare:
+    """The share of the machine's CPU time that went to *other* processes while a
+    point ran (0..1): contention from outside this run, the main source of noise
+    on a shared machine. /proc/stat counts every process on the machine, also
+    ones this process cannot list, which loadavg in a container may not."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._p = psutil.Process()
+        self._g0, self._p0 = self._read()
+
+    def _read(self) -> tuple:
+        import psutil
+
+        g = psutil.cpu_times()
+        busy = sum(getattr(g, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+        pt = self._p.cpu_times()
+        return (busy, busy + g.idle + getattr(g, "iowait", 0.0)), pt.user + pt.system
+
+    def other(self) -> float | None:
+        (b1, t1), p1 = self._read()
+        (b0, t0), p0 = self._g0, self._p0
+        if t1 - t0 <= 0:
+            return None
+        return round(max(0.0, min(1.0, ((b1 - b0) - (p1 - p0)) / (t1 - t0))), 3)
+
+
+def loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _json_default(o: Any) -> Any:

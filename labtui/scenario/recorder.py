@@ -1,7 +1,8 @@
 """Recording: a lab session's command log written down as a scenario file.
 
-``eng.command_log`` holds every command the engine executed, with its time; a
-scenario is a timeline of the same commands, so recording is a translation:
+A ``SessionRecorder`` keeps every command the engine executed, with its time
+(from the engine's ``command`` events, so the engine itself keeps only its last
+commands: bounded memory, engine/limits.py); a scenario is a timeline of the same commands, so recording is a translation:
 loads at the start become [[models]], workloads on those models [[workloads]],
 everything else [[timeline]] entries. ``labtui run`` and ``labtui open`` replay
 the result. ``scenario_to_toml`` writes any validated Scenario back out (the
@@ -10,9 +11,10 @@ bundle's "scenario.toml as run").
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from labtui.engine.commands import CancelWorkload, LaunchWorkload, Load
+from labtui.engine.commands import CancelWorkload, LaunchWorkload, Load, build
 from labtui.scenario import tomlw
 from labtui.scenario.schema import Scenario, default_model_id
 
@@ -20,6 +22,69 @@ from labtui.scenario.schema import Scenario, default_model_id
 # initial models; later ones are timeline actions. Loading takes seconds, so the
 # third of three start-up models is logged well after t=0.
 START_WINDOW_S = 10.0
+
+
+# A recording is what a person did: a command a second for 14 hours. Beyond it the
+# recorder keeps counting but stores no more (save says so).
+RECORD_MAX = 50_000
+
+
+class SessionRecorder:
+    """Every command an engine executes, with its time and (for launches) the
+    workload id the engine gave it, taken from its events as they happen.
+
+    Attach it when the session starts; what the engine already did is read from its
+    event window first (complete for a fresh engine). Stores compact dicts: the
+    commands are rebuilt when the recording is written."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._rows: dict[int, tuple[float, dict, str | None]] = {}  # event seq -> (t, fields, wid)
+        self._last_wid: str | None = None
+        self.dropped = 0
+        engine.add_listener(self._on_event)
+        self.complete = True
+        for ev in engine.events_since(0):  # what happened before we listened
+            self._on_event(ev)
+        if getattr(engine, "commands_total", 0) > len(self._rows):
+            self.complete = False  # the engine's window had lost some already
+
+    def _on_event(self, ev: Any) -> None:
+        if ev.kind == "workload_start":  # emitted just before its launch's command event
+            self._last_wid = ev.data.get("workload")
+        elif ev.kind == "command":
+            with self._lock:
+                if ev.seq in self._rows:
+                    return
+                if len(self._rows) >= RECORD_MAX:
+                    self.dropped += 1
+                    return
+                wid = self._last_wid if ev.data.get("action") == "launch_workload" else None
+                self._rows[ev.seq] = (ev.t, dict(ev.data), wid)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def command_log(self) -> list[tuple[float, Any]]:
+        with self._lock:
+            rows = [self._rows[k] for k in sorted(self._rows)]
+        out = []
+        for t, fields, _ in rows:
+            f = dict(fields)
+            out.append((round(t, 4), build(f.pop("action"), **f)))
+        return out
+
+    def launch_ids(self) -> list[str | None]:
+        with self._lock:
+            return [self._rows[k][2] for k in sorted(self._rows) if self._rows[k][1].get("action") == "launch_workload"]
+
+    def snapshot(self):
+        return self.engine.snapshot()
+
+    def close(self) -> None:
+        self.engine.remove_listener(self._on_event)
 
 
 def _round_t(t: float) -> float:
@@ -74,9 +139,12 @@ def _with_workload_ids(source: Any, log: list) -> list:
     cancel_workload names it (ids from the workload_start events, which pair one to
     one and in order with the launches executed), so the replayed cancel still
     finds its workload."""
-    if not hasattr(source, "events_since"):
+    if hasattr(source, "launch_ids"):  # a SessionRecorder paired them as they happened
+        started = source.launch_ids()
+    elif hasattr(source, "events_since"):
+        started = [e.data.get("workload") for e in source.events_since(0) if e.kind == "workload_start"]
+    else:
         return log
-    started = [e.data.get("workload") for e in source.events_since(0) if e.kind == "workload_start"]
     launches = [i for i, (_, c) in enumerate(log) if isinstance(c, LaunchWorkload)]
     if len(started) != len(launches):  # old events dropped from the engine's window: leave as is
         return log

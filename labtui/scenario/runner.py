@@ -25,12 +25,19 @@ import labtui
 from labtui.engine.commands import LaunchWorkload
 from labtui.errors import LabError, one_line
 from labtui.scenario import stats as _stats
-from labtui.scenario.bundle import SAMPLE_S, BundleWriter
+from labtui.scenario.bundle import SAMPLE_S, BundleWriter, CpuShare, loadavg, thread_settings
 from labtui.scenario.player import POLL_S, load_models, play_timeline
 from labtui.scenario.progress import Progress
 from labtui.scenario.recorder import scenario_to_toml
 from labtui.scenario.schema import Scenario, load_scenario
-from labtui.scenario.sweep import SweepPoint, apply_quick, expand, repeat_count, warmup_tokens
+from labtui.scenario.sweep import (
+    SweepPoint,
+    apply_quick,
+    expand,
+    protocol,
+    repeat_count,
+    warmup_tokens,
+)
 
 __all__ = ["RunResult", "check_line", "cli_run", "play_timeline", "run_file", "run_scenario"]
 
@@ -56,7 +63,7 @@ def cli_run(args: Any) -> int:
         print(check_line(scn, quick=getattr(args, "quick", False)))
         return 0
     res = run_scenario(scn, out=args.out, device=args.device, quick=args.quick,
-                       argv=["labtui", *sys.argv[1:]])
+                       argv=["labtui", *sys.argv[1:]], profile=getattr(args, "profile", None))
     if res.interrupted:
         print(f"labtui: interrupted; partial results in {res.path}", file=sys.stderr)
         return 128 + (res.signal or signal.SIGINT)  # the shell's code: 130 (Ctrl-C), 143 (SIGTERM)
@@ -64,16 +71,33 @@ def cli_run(args: Any) -> int:
     return 0
 
 
-def check_line(scn: Scenario, quick: bool = False) -> str:
-    """One line: what `labtui run` would do with this scenario."""
-    pts, reps = len(expand(scn)), repeat_count(scn)
+def check_line(scn: Scenario, quick: bool = False, with_estimate: bool = True) -> str:
+    """One line: what `labtui run` would do with this scenario: its runs and a rough
+    estimate of how long they take (labtui.scenario.estimate)."""
+    from labtui.scenario.estimate import estimate, fmt_duration
+
+    points, reps = expand(scn), repeat_count(scn)
     q = apply_quick(scn)
-    qpts, qreps = len(expand(q)), repeat_count(q)
+    qpoints, qreps = expand(q), repeat_count(q)
+
+    def reps_of(s: Scenario) -> str:  # the protocol may repeat more, up to its cap
+        p = protocol(s)
+        return f"{p.min_repeat}" if not p.adaptive else f"{p.min_repeat}-{p.max_repeat}"
+
     where = scn.path or "<scenario>"
+    runs = f"{len(points)} point(s) x {reps_of(scn)} repeat(s) = {len(points) * reps} run(s)"
+    qruns = f"--quick: {len(qpoints)} x {reps_of(q)} = {len(qpoints) * qreps} run(s)"
+    if with_estimate:
+        full = estimate(points, reps, scn.lab.timeout_s, warmup_tokens(scn))
+        fast = estimate(qpoints, qreps, q.lab.timeout_s, warmup_tokens(q))
+        cap = " (the [lab].timeout_s limit)"
+        runs += f", about {fmt_duration(full.seconds)}" + (cap if full.capped else "")
+        qruns += f", about {fmt_duration(fast.seconds)}" + (cap if fast.capped else "")
+        qruns += (f"; rough estimates for this machine (memory-bound decode at "
+                  f"{full.memcpy_gbps:.0f} GB/s host memcpy)")
     return (f"ok: {where}: '{scn.name}': {len(scn.models)} model(s), {len(scn.workloads)} "
             f"workload(s), {len(scn.timeline)} timeline entr{'y' if len(scn.timeline) == 1 else 'ies'}; "
-            f"{pts} point(s) x {reps} repeat(s); --quick: {qpts} x {qreps}"
-            + (" (checked as --quick)" if quick else ""))
+            f"{runs}; {qruns}" + (" (checked as --quick)" if quick else ""))
 
 
 def default_out(name: str) -> Path:
@@ -92,11 +116,18 @@ def run_scenario(
     argv: list[str] | None = None,
     progress: bool = True,
     engine_factory: Callable[..., Any] | None = None,
+    profile: str | None = None,
 ) -> RunResult:
     run_scn = apply_quick(scn) if quick else scn
-    if device is not None:
+    if device is not None or profile is not None:
         data = run_scn.model_dump(mode="python")
-        data["device"]["kind"] = device
+        if device is not None:
+            data["device"]["kind"] = device
+        if profile is not None:  # --profile: validated like [device].profile, one line if unknown
+            from labtui.engine.profiles import get_profile
+
+            get_profile(profile)
+            data["device"]["profile"] = profile
         run_scn = run_scn.with_updates(data)
     points = expand(run_scn)
     writer = BundleWriter(out if out is not None else default_out(run_scn.name))
@@ -111,6 +142,7 @@ class _Run:
         self.writer: BundleWriter = writer
         self.quick, self.device, self.argv = quick, device, argv
         self.reps = repeat_count(scn)
+        self.protocol = protocol(scn)
         self.warmup = warmup_tokens(scn)
         self.state = _RunState()
         self.progress = Progress(f"labtui run {scn.name}", enabled=progress)
@@ -135,18 +167,16 @@ class _Run:
                   f"command: {' '.join(self.argv) or 'run_scenario()'}\n"
                   f"from: {self.scn.path}\n"
                   + ("--quick applied: shorter workloads, fewer sweep points, one repetition\n" if self.quick else "")
-                  + (f"--device {self.device} applied to [device].kind\n" if self.device else ""))
+                  + (f"--device {self.device} applied to [device].kind\n" if self.device else "")
+                  + (f"profile: {self.scn.device.profile}\n" if self.scn.device.profile else ""))
         self.writer.write_text("scenario.toml", scenario_to_toml(self.scn, header=header))
         self.writer.on_fail = lambda e: setattr(self.state, "stop", "write_failed")
         old = self._install_signals()
+        self.progress.set_plan(len(self.points) * self.reps, self._estimate())
         self._sampler.start()
         try:
             with self.progress:
-                for point in self.points:
-                    for rep in range(self.reps):
-                        if self.state.stop:
-                            break
-                        self._run_point(point, rep)
+                self._run_rounds()
         except LabError as e:
             self.error = str(e)
             raise
@@ -169,6 +199,41 @@ class _Run:
                 # nothing more can be recorded: one line, and the run stops here
                 raise LabError(self.writer.failure_message())
         return RunResult(self.writer.path, summary, self.state.stop == "interrupted", self.state.signal)
+
+    def _run_rounds(self) -> None:
+        """Every point once per round, rounds until each point has what the
+        protocol asks (stats.Protocol). Interleaving the points, rather than
+        repeating one point back to back, spreads slow drifts of the machine
+        (other load, thermals) over all points instead of biasing some."""
+        done = {p.index: 0 for p in self.points}
+        measured = dict.fromkeys(done, 0.0)
+        samples: dict[int, dict[str, list[float]]] = {i: {} for i in done}
+        active = list(self.points)
+        while active and not self.state.stop:
+            for point in active:
+                if self.state.stop:
+                    break
+                self.progress.run_started()
+                self._run_point(point, done[point.index])
+                self.progress.run_done()
+                done[point.index] += 1
+                r = self.runs[-1]
+                measured[point.index] += r["wall_s"]
+                for m, st in r["stats"].items():
+                    if st.get("decode_tok_s"):
+                        samples[point.index].setdefault(m, []).append(st["decode_tok_s"])
+            active = [p for p in active
+                      if self.protocol.needs_more(samples[p.index], measured[p.index], done[p.index])]
+
+    def _estimate(self) -> float | None:
+        if len(self.points) * self.reps <= 1:
+            return None
+        try:
+            from labtui.scenario.estimate import estimate
+
+            return estimate(self.points, self.reps, self.scn.lab.timeout_s, self.warmup).seconds
+        except Exception:  # noqa: BLE001 - an ETA is a convenience; the run goes on without
+            return None
 
     def _install_signals(self) -> dict:
         """Ctrl-C and SIGTERM (a service manager, ``kill``, a CI timeout) both stop the
@@ -207,7 +272,8 @@ class _Run:
         self._engine_errors = []
         refused: list[str] = []
         warnings: list[str] = []
-        head = f"point {point.index + 1}/{len(self.points)} rep {rep + 1}/{self.reps} · {point.label()}"
+        of = f"{self.reps}" if not self.protocol.adaptive else f"{self.reps}-{self.protocol.max_repeat}"
+        head = f"point {point.index + 1}/{len(self.points)} rep {rep + 1}/{of} · {point.label()}"
         self.progress.head = head
         self.progress.line(head)
         started = time.monotonic()
@@ -221,8 +287,9 @@ class _Run:
         snap = eng.snapshot()
         self.phase = "run"
         self._runner_line("point_start", values=point.values, label=point.label(),
-                          device=_device_info(snap), models=_models_info(snap))
+                          device=_device_info(snap, eng), models=_models_info(snap), loadavg=loadavg())
         t_point = time.monotonic()
+        cpu = CpuShare()
         played = play_timeline(
             scn, eng, stop=lambda: self.state.stop is not None,
             on_error=lambda msg: self.progress.line(msg, "yellow"),
@@ -243,16 +310,18 @@ class _Run:
             engine_summary = {"error": one_line(e)}
         run_stats = _stats.run_stats(self._timed_events)
         warnings += self._engine_errors[:20]
+        cpu_other = cpu.other()
         self._runner_line("point_end", wall_s=wall, finished=finished, stats=run_stats,
+                          cpu_other=cpu_other,
                           refused=refused, warnings=warnings)
         self._close_engine()
         self.runs.append({
             "point": point.index, "rep": rep, "label": point.label(), "values": point.values,
-            "wall_s": wall, "setup_s": t_point - started, "finished": finished,
+            "wall_s": wall, "setup_s": t_point - started, "finished": finished, "cpu_other": cpu_other,
             "stats": run_stats, "engine": engine_summary, "refused": refused, "warnings": warnings,
         })
         self.state.warnings += [f"point {point.index} rep {rep}: {w}" for w in refused + warnings]
-        tok = ", ".join(f"{m} {s['decode_tok_s']:.1f} tok/s" for m, s in run_stats.items()
+        tok = ", ".join(f"{m} {s['decode_tok_s']:.1f} decode tok/s" for m, s in run_stats.items()
                         if s.get("decode_tok_s"))
         self.progress.line(f"  done in {wall:.1f}s{': ' + tok if tok else ''}")
 
@@ -319,7 +388,8 @@ class _Run:
         env.update(labtui_version=labtui.__version__, argv=self.argv,
                    started=self.started.isoformat(timespec="seconds"),
                    hostname=platform.node(), python=platform.python_version(),
-                   scenario=str(self.scn.path), quick=self.quick, device_override=self.device)
+                   scenario=str(self.scn.path), quick=self.quick, device_override=self.device,
+                   threads=thread_settings(), profile=self.scn.device.profile)
         self.writer.write_json("env.json", env)
         self.env_written = True
 
@@ -339,6 +409,10 @@ class _Run:
             "quick": self.quick,
             "device_override": self.device,
             "repeat": self.reps,
+            "protocol": {"min_repeat": self.protocol.min_repeat, "max_repeat": self.protocol.max_repeat,
+                         "min_seconds": self.protocol.min_seconds,
+                         "ci_rel_width": self.protocol.ci_rel_width},
+            "runs_max": len(self.points) * self.protocol.max_repeat,
             "warmup_tokens": self.warmup,
             "axes": self.scn.sweep.axes() if self.scn.sweep else {},
             "runs_planned": len(self.points) * self.reps,
@@ -380,8 +454,12 @@ class _Sampler:
             t = round(time.monotonic() - self.run.t0, 3)
             rows = [{
                 "t": t, "model": m.id, "state": m.state, "residency": m.residency,
-                "resident_layers": m.resident_layers, "mode": m.mode, "tok_s": m.tok_s,
-                "tok_s_overall": m.tok_s_overall, "tokens": m.tokens_generated,
+                "resident_layers": m.resident_layers, "mode": m.mode,
+                "served_tok_s": m.served_tok_s, "decode_tok_s": m.decode_tok_s,
+                # while preempted: where the weights (host | disk) and KV are
+                "paused_weights": (m.paused_where or ("", ""))[0],
+                "paused_kv": (m.paused_where or ("", ""))[1],
+                "tokens": m.tokens_generated,
                 "accel_weights_bytes": m.ledger.accel_weights, "accel_kv_bytes": m.ledger.accel_kv,
                 "host_bytes": m.ledger.host_total, "queued": m.queued, "running": m.running,
                 "completed": m.completed, "device_used_bytes": snap.device.used_bytes,
@@ -390,11 +468,13 @@ class _Sampler:
             self.run.writer.metric_rows(rows)
 
 
-def _device_info(snap: Any) -> dict:
+def _device_info(snap: Any, eng: Any = None) -> dict:
     d = snap.device
+    prof = getattr(getattr(eng, "device", None), "profile", None)
     return {"kind": d.kind, "name": d.name, "simulated": d.simulated, "link": d.link,
             "link_gbps": d.link_gbps, "link_latency_us": d.link_latency_us,
-            "host_slowdown": d.host_slowdown, "budget_bytes": d.budget_bytes}
+            "host_slowdown": d.host_slowdown, "budget_bytes": d.budget_bytes,
+            "profile": prof.name if prof is not None else None}
 
 
 def _models_info(snap: Any) -> dict:

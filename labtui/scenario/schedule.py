@@ -9,6 +9,11 @@ Rules (see schema.py): workloads launch at their ``at``, independently of the
 timeline; timeline entries run one after another in file order, each once its
 ``at`` has come and its ``when`` holds; ``wait_idle`` holds the timeline until
 no model has queued or running requests (or its timeout_s passes).
+
+With ``exact=True`` (an engine that arms commands on a token count), an entry
+with ``when = { model, tokens }`` is handed out once its ``at`` has come as an
+``arm`` step, and the timeline waits until the view says it has fired: the
+engine runs it between two steps at exactly that count, not at the next poll.
 """
 
 from __future__ import annotations
@@ -26,18 +31,22 @@ class View(Protocol):
     def workload_done(self, workload: str) -> bool: ...  # scenario workload id
     def idle(self) -> bool: ...  # no queued or running requests anywhere
     def stuck(self) -> bool: ...  # nothing can progress: idle, or all busy models preempted
+    def fired(self, source: str) -> bool: ...  # an armed entry has run (exact schedules)
 
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # "command" | "wait_done" (a wait_idle finished) | "wait_timeout"
+    kind: str  # "command" | "arm" (command on a token count) | "wait_done" | "wait_timeout"
     command: Any = None
     source: str = ""  # "workloads[0]" / "timeline[3]", for messages
     workload_id: str | None = None  # the scenario's id of a LaunchWorkload
+    when_tokens: tuple[str, int] | None = None  # "arm": (model, tokens since timing began)
 
 
 class Schedule:
-    def __init__(self, scenario: Any) -> None:
+    def __init__(self, scenario: Any, exact: bool = False) -> None:
+        self.exact = exact
+        self._armed = False  # the head entry is armed in the engine
         self._workloads = sorted(
             ((w.at, i, as_command(w)) for i, w in enumerate(scenario.workloads)),
             key=lambda x: (x[0], x[1]),
@@ -63,6 +72,14 @@ class Schedule:
         ts = [w[0] for w in self._workloads] + ([self.head.at] if self.head is not None else [])
         return min(ts) if ts else None
 
+    def next_at(self, action: str, after: float) -> float | None:
+        """The `at` of the next timeline entry doing `action` later than `after` (the
+        lab's "next caption" jumps there)."""
+        for e in self._timeline[self._next:]:
+            if e.action == action and e.at > after:
+                return e.at
+        return None
+
     def due(self, now: float, view: View) -> list[Step]:
         steps: list[Step] = []
         while self._workloads and self._workloads[0][0] <= now:
@@ -71,6 +88,19 @@ class Schedule:
         while (entry := self.head) is not None and entry.at <= now:
             if self._head_since is None:
                 self._head_since = now
+            if self.exact and entry.when is not None and entry.when.tokens is not None:
+                if not self._armed:
+                    cmd = as_command(entry)
+                    wid = cmd.id if isinstance(cmd, LaunchWorkload) else None
+                    steps.append(Step("arm", cmd, self._src(), wid, (entry.when.model, entry.when.tokens)))
+                    self._armed = True
+                    break
+                if not view.fired(self._src()):
+                    break
+                self._armed = False
+                self._next += 1
+                self._head_since = None
+                continue
             if entry.when is not None and not _holds(entry.when, view):
                 break
             if entry.action == "wait_idle":
@@ -104,6 +134,7 @@ class Schedule:
     def skip_rest(self) -> list[str]:
         left = [f"timeline[{i}]" for i in range(self._next, len(self._timeline))]
         self._next = len(self._timeline)
+        self._armed = False  # the runner disarms it in the engine
         return left
 
     def _src(self) -> str:

@@ -94,8 +94,21 @@ class DeviceTable(_Strict):
     memory_gib: float | None = Field(None, gt=0)
     link: str | float = "pcie4-x16"
     host_slowdown: float = Field(4.0, ge=1.0)
+    profile: str | None = None  # a hardware profile for sim (labtui/engine/profiles.py)
 
     _link = field_validator("link", mode="before")(classmethod(lambda cls, v: _check_link(v)))
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str | None) -> str | None:
+        if v is not None:
+            from labtui.engine.profiles import get_profile
+
+            try:
+                get_profile(v)
+            except LabError as e:
+                raise ValueError(str(e)) from None
+        return v
 
     def engine_kwargs(self, kind_override: str | None = None) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -105,6 +118,8 @@ class DeviceTable(_Strict):
         }
         if self.memory_gib is not None:
             kw["memory_gib"] = self.memory_gib
+        if self.profile is not None:
+            kw["profile"] = self.profile
         return kw
 
 
@@ -177,8 +192,15 @@ class Sweep(_Strict):
     pause_after_tokens: list[Annotated[int, Field(ge=0)]] | None = None
     weights: list[WeightsPolicy] | None = None
     kv: list[KVPolicy] | None = None
-    repeat: int | None = Field(None, ge=1, le=100)
+    policy: list[PolicyName] | None = None  # the scheduling policy ([lab].policy)
+    repeat: int | None = Field(None, ge=1, le=100)  # at least this many repetitions per point
     warmup_tokens: int | None = Field(None, ge=0, le=4096)
+    # measurement protocol (labtui/scenario/stats.py Protocol): repeat a point until
+    # its timed runs add up to min_seconds and the 95% CI of the median decode tok/s
+    # is within +/- ci_rel_width, at most max_repeat times
+    min_seconds: float | None = Field(None, ge=0, le=3600)
+    max_repeat: int | None = Field(None, ge=1, le=100)
+    ci_rel_width: float | None = Field(None, gt=0, le=1)
 
     @field_validator("link", mode="before")
     @classmethod
@@ -189,6 +211,9 @@ class Sweep(_Strict):
     def _axes_ok(self) -> Sweep:
         if self.residency is not None and self.layers is not None:
             raise ValueError("give residency (fractions) or layers (counts), not both")
+        if self.max_repeat is not None and self.repeat is not None and self.max_repeat < self.repeat:
+            raise ValueError(f"max_repeat {self.max_repeat} is below repeat {self.repeat}; "
+                             "accepted: max_repeat >= repeat (repeat is the minimum)")
         for name in AXES:
             v = getattr(self, name)
             if v is not None and len(v) == 0:
@@ -201,6 +226,7 @@ class Sweep(_Strict):
 
 # Product order: outermost first; residency innermost so a run walks the curve.
 AXES = (
+    "policy",
     "model",
     "sources",
     "link",
@@ -333,6 +359,10 @@ def resolve_source(source: str, base: Path | None) -> str:
         if names is not None and source[4:] not in names:
             hint = _did_you_mean(source[4:], names)
             raise ValueError(f"unknown zoo model {source[4:]!r}{hint}; accepted: {', '.join(names)}")
+        return source
+    if source.startswith("hf:"):  # a model in the local hub cache; checked on load
+        if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", source[3:]):
+            raise ValueError(f"{source!r} is not hf:org/name; accepted: hf:org/name of a cached model")
         return source
     p = Path(source).expanduser()
     if not p.is_absolute() and base is not None:

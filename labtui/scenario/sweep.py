@@ -24,6 +24,7 @@ from labtui.scenario.schema import (
     merge_sweep,
     zoo_layers,
 )
+from labtui.scenario.stats import Protocol
 
 # --quick without a [quick] table: enough to see every code path, fast on 2 cores.
 QUICK_DEFAULTS = {"requests": 2, "max_new_tokens": 32, "prompt_tokens": 32}
@@ -65,6 +66,18 @@ def residency_layers(fractions: list[float], n_layers: int) -> list[int]:
 
 def repeat_count(scn: Scenario) -> int:
     return (scn.sweep.repeat if scn.sweep and scn.sweep.repeat else 1)
+
+
+def protocol(scn: Scenario) -> Protocol:
+    """How many repetitions each point gets (see stats.Protocol). Without
+    max_repeat, exactly ``repeat``: the protocol only adapts when asked to."""
+    sw = scn.sweep
+    n = repeat_count(scn)
+    if sw is None:
+        return Protocol(n, n)
+    return Protocol(min_repeat=n, max_repeat=max(n, sw.max_repeat or n),
+                    min_seconds=sw.min_seconds or 0.0,
+                    ci_rel_width=sw.ci_rel_width if sw.ci_rel_width is not None else 0.05)
 
 
 def warmup_tokens(scn: Scenario) -> int:
@@ -110,6 +123,12 @@ def apply_quick(scn: Scenario) -> Scenario:
             if k in d and k not in given:
                 d[k] = sorted({min(v, caps[k]) for v in d[k]})
         d["repeat"] = given.get("repeat", 1)
+        # the adaptive protocol only where [quick] asks for it: --quick stays short
+        for k in ("max_repeat", "min_seconds", "ci_rel_width"):
+            if k in given:
+                d[k] = given[k]
+            else:
+                d.pop(k, None)
         data["sweep"] = d
     data["lab"]["timeout_s"] = q.timeout_s or min(scn.lab.timeout_s, QUICK_TIMEOUT_S)
     return scn.with_updates(data)
@@ -160,6 +179,8 @@ def _substitute(base: dict, values: dict, targets: list[str]) -> dict:
                         t["source"] = src
         elif axis == "link":
             data["device"]["link"] = v
+        elif axis == "policy":
+            data["lab"]["policy"] = v
         elif axis in ("offload", "prefetch"):
             for mid in targets:
                 models[mid][axis] = v

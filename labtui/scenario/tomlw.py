@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any
 
-_BARE = re.compile(r"^[A-Za-z0-9_\-]+$")
+_BARE = re.compile(r"[A-Za-z0-9_\-]+")  # fullmatch: "$" would accept a trailing newline
 
 
 def dumps(doc: dict[str, Any], header: str = "") -> str:
@@ -61,7 +61,7 @@ def _is_table_array(v: Any) -> bool:
 
 
 def _key(k: str) -> str:
-    return k if _BARE.match(k) else _string(k)
+    return k if _BARE.fullmatch(k) else _string(k)
 
 
 def _string(s: str) -> str:

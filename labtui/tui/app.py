@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Container, Vertical, VerticalScroll
 from textual.css.query import NoMatches
@@ -69,16 +69,18 @@ class LabApp(App):
     POLL_HZ = 4.0
 
     BINDINGS = [
+        Binding("m", "mode", "mode"),
+        Binding("f", "prefetch", "prefetch"),
         Binding("p", "preempt", "preempt"),
-        Binding("r", "resume", "resume"),
+        Binding("r", "resume", "resume", show=False),  # the card has a resume button
         Binding("w", "workload", "workload"),
-        Binding("l", "load", "load"),
-        Binding("s", "save", "save"),
+        # l and s are left out of the footer (80 columns hold the rest); ? and the
+        # palette (ctrl+p) list them
+        Binding("l", "load", "load", show=False),
+        Binding("s", "save", "save", show=False),
         Binding("question_mark,f1", "help", "help", key_display="?"),
         Binding("q", "lab_quit", "quit"),
         Binding("u", "unload", "unload", show=False),
-        Binding("m", "mode", "mode", show=False),
-        Binding("f", "prefetch", "prefetch", show=False),
         Binding("o", "policy", "policy", show=False),
         Binding("d", "device", "device", show=False),
         Binding("c", "cancel_workloads", "cancel workloads", show=False),
@@ -88,6 +90,32 @@ class LabApp(App):
         Binding("2", "view('memory')", "memory", show=False),
         Binding("3", "view('chart')", "chart", show=False),
         Binding("4", "view('log')", "events", show=False),
+        # a scenario's timeline (the tour): pause it, step caption by caption
+        Binding("space", "tour_pause", "pause tour", show=False),
+        Binding("right_square_bracket", "tour_next", "next caption", key_display="]", show=False),
+        Binding("left_square_bracket", "tour_back", "previous caption", key_display="[", show=False),
+    ]
+
+    # what the command palette offers (every lab action): action, title, help
+    PALETTE = [
+        ("mode", "Offload mode: stream ↔ host", "toggle the selected model's offload mode (m)"),
+        ("prefetch", "Prefetch on/off", "toggle prefetch for the selected model (f)"),
+        ("preempt", "Preempt model…", "pause the selected model, choosing kv and weights policy (p)"),
+        ("resume", "Resume model", "resume the selected preempted model (r)"),
+        ("workload", "Launch workload…", "closed or poisson requests for the selected model (w)"),
+        ("cancel_workloads", "Cancel workloads", "cancel the selected model's workloads (c)"),
+        ("load", "Load model…", "from the zoo, the Hugging Face cache, a folder or a hub id (l)"),
+        ("unload", "Unload model", "unload the selected model (u)"),
+        ("policy", "Scheduler policy…", "fcfs, round_robin or priority (o)"),
+        ("device", "Device options…", "simulated device: link, budget, host slowdown (d)"),
+        ("normalise", "Chart: normalise", "absolute tok/s ↔ normalised to 100% residency (n)"),
+        ("clear_chart", "Chart: clear", "clear the chart's points (x)"),
+        ("save", "Save session as scenario…", "write what you did as a TOML scenario (s)"),
+        ("tour_pause", "Tour: pause / resume", "pause or resume the scenario's timeline (space)"),
+        ("tour_next", "Tour: next caption", "jump to the next caption and its actions (])"),
+        ("tour_back", "Tour: previous caption", "show the previous caption again ([)"),
+        ("help", "Keys and legend", "every key, the layer map's legend (?)"),
+        ("lab_quit", "Quit the lab", "offers to save unsaved actions first (q)"),
     ]
 
     def __init__(
@@ -98,6 +126,7 @@ class LabApp(App):
         engine_factory: Callable[[], Any] | None = None,
         replay: bool = True,
         save_dir: str | Path = ".",
+        time_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.engine = engine
@@ -110,6 +139,7 @@ class LabApp(App):
         self.chart_data = ChartData()
         self.series: dict[str, int] = {}
         self.replay = None
+        self.recorder = None  # a SessionRecorder once a real engine is up (s saves it)
         self.snap = None
         self.first_frame_at: float | None = None
         self._seq = -1
@@ -118,11 +148,16 @@ class LabApp(App):
         self._stalled_shown = 0
         self._view = "cards"
         self._zoo_rows: list[dict] | None = None
+        self._cached_rows: list | None = None  # the hub cache, scanned by the load dialog
         self._owns_engine = engine is None
         self._chart_drawn = 0.0
         self._shown_at = 0.0
         self.engine_error: str | None = None
         self.engine_error_code = 0
+        self.time_scale = time_scale
+        self.unsaved = 0  # commands sent from the lab since the last save
+        self._captions: list[str] = []  # captions seen, for [ (previous caption)
+        self._caption_back = 0  # how many captions back [ has gone
 
     def notify(self, message, *, title="", severity="information", timeout=None, markup=True):
         # Engine and file messages are plain text: "[...]" in a path or an accepted
@@ -157,7 +192,7 @@ class LabApp(App):
             with Vertical(id="right", classes="col -off"):
                 yield MemoryPanel(id="memory", classes="pane")
                 yield EventLog(id="log", classes="pane")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.first_frame_at = time.monotonic()
@@ -201,6 +236,10 @@ class LabApp(App):
         self.notify(message.message, severity="error", timeout=10)
 
     def _engine_ready(self) -> None:
+        if hasattr(self.engine, "add_listener"):  # a real engine: record the session
+            from labtui.scenario.recorder import SessionRecorder
+
+            self.recorder = SessionRecorder(self.engine)
         self._tick()
         self.set_interval(1.0 / self.POLL_HZ, self._tick)
         if self.scenario is not None and self.replay_enabled and not self.frozen:
@@ -211,6 +250,7 @@ class LabApp(App):
                 self.engine,
                 on_error=lambda m: self.call_from_thread(self.notify, m, severity="error"),
                 on_done=lambda m: self.call_from_thread(self._replay_done, m),
+                time_scale=self.time_scale,
             ).start()
 
     def _replay_done(self, msg: str) -> None:
@@ -268,12 +308,33 @@ class LabApp(App):
         if self.replay is not None and self.replay.status:
             replay = f"{self.replay.status} {self.scenario.name}"
         self.query_one(DeviceBar).show(snap, stalled, replay)
-        self.query_one(Caption).show(snap.note)
+        self._show_caption(snap.note)
         self.query_one(MemoryPanel).show(snap, self.series)
         self.query_one(MemoryStrip).show(snap, self.series)
         self._reconcile_cards(snap)
         if self.chart_data.observe(snap, self.series):
             self.refresh_chart(throttle=True)
+
+    def _show_caption(self, note: str | None) -> None:
+        if note and (not self._captions or self._captions[-1] != note):
+            self._captions.append(note)
+            self._caption_back = 0
+        shown = note or ""
+        if self._caption_back and len(self._captions) > self._caption_back:
+            shown = self._captions[-1 - self._caption_back]
+        status = ""
+        rp = self.replay
+        if rp is not None and rp.captions and rp.status == "":  # the timeline is done
+            n = rp.notes.index(shown) + 1 if shown in rp.notes else len(self._captions)
+            back = " (earlier)" if self._caption_back else ""
+            status = f"caption {n}/{rp.captions}{back} · end of the timeline · [ back ] forward"
+        elif rp is not None and rp.captions and rp.status == "replaying":
+            n = rp.notes.index(shown) + 1 if shown in rp.notes else len(self._captions)
+            state = "⏸ paused: space resumes" if rp.clock.paused else "space pauses"
+            speed = f" · time ×{rp.clock.time_scale:g}" if rp.clock.time_scale != 1 else ""
+            back = " (earlier)" if self._caption_back else ""
+            status = f"caption {n}/{rp.captions}{back} · {state} · ] next [ back{speed}"
+        self.query_one(Caption).show(shown, status)
 
     def _reconcile_cards(self, snap) -> None:
         box = self.query_one("#cards", VerticalScroll)
@@ -364,6 +425,7 @@ class LabApp(App):
             self.post_message(CommandDone(cmd, None if err else f.result(), err))
 
         fut.add_done_callback(done)
+        self.unsaved += 1
         return fut
 
     def on_command_done(self, message: CommandDone) -> None:
@@ -457,7 +519,20 @@ class LabApp(App):
         from labtui.tui.screens.modals import LoadModal
 
         taken = {m.id for m in self.snap.models} if self.snap else set()
-        self.push_screen(LoadModal(taken, self._zoo()), self._send_if)
+        dev = self.snap.device if self.snap else None
+        # a frozen (screenshot/test) lab lists no cache unless given one: its screen
+        # must not depend on this machine's Hugging Face cache
+        cached = self._cached_rows if self._cached_rows is not None or not self.frozen else []
+        self.push_screen(
+            LoadModal(
+                taken,
+                self._zoo(),
+                cached,
+                budget_bytes=dev.budget_bytes if dev else None,
+                simulated=dev.simulated if dev else True,
+            ),
+            self._send_if,
+        )
 
     def _zoo(self) -> list[dict]:
         """The zoo's models for the load dialog, from their specs (instant; the zoo's
@@ -563,23 +638,63 @@ class LabApp(App):
 
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         default = str(self.save_dir / f"lab-session-{stamp}.toml")
-        n = len(getattr(self.engine, "command_log", []))
+        n = len(self.recorder) if self.recorder is not None else len(getattr(self.engine, "command_log", []))
         self.push_screen(SaveModal(default, n), self._save_to)
 
-    def _save_to(self, path: str | None) -> None:
+    def _save_to(self, path: str | None) -> bool:
         if not path:
-            return
+            return False
         from labtui.tui.bridge import save_recording
 
         try:
-            out = save_recording(self.engine, path, self.scenario)
+            out = save_recording(self.recorder or self.engine, path, self.scenario)
         except LabError as e:
             self.notify(str(e), severity="error", title="not saved")
-            return
+            return False
         except Exception as e:  # noqa: BLE001
             self.notify(one_line(e), severity="error", title="not saved")
-            return
+            return False
+        self.unsaved = 0
         self.notify(f"saved {out} — replay: labtui run {out}", title="session saved", timeout=8)
+        return True
+
+    # -- teaching: the scenario's timeline, paused and stepped -------------------------
+
+    def _tour(self):
+        if self.replay is None or self.replay.status != "replaying":
+            self.notify("no scenario timeline is playing", severity="warning")
+            return None
+        return self.replay.clock
+
+    def action_tour_pause(self) -> None:
+        clock = self._tour()
+        if clock is not None:
+            clock.toggle()
+            self._show_caption(self.snap.note if self.snap else "")
+
+    def action_tour_next(self) -> None:
+        if self._caption_back:  # back in the captions' history: forward through it first
+            self._caption_back -= 1
+        else:
+            clock = self._tour()
+            if clock is None:
+                return
+            clock.request_step()
+        self._show_caption(self.snap.note if self.snap else "")
+
+    def action_tour_back(self) -> None:
+        if len(self._captions) > self._caption_back + 1:
+            self._caption_back += 1
+            self._show_caption(self.snap.note if self.snap else "")
+
+    # -- the command palette: every lab action --------------------------------------------
+
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        if screen is not self.screen_stack[0]:
+            return
+        for action, title, help_text in self.PALETTE:
+            yield SystemCommand(title, help_text, getattr(self, f"action_{action}"))
 
     # -- narrow terminals: one pane at a time ------------------------------------------
 
@@ -599,7 +714,31 @@ class LabApp(App):
     # -- shutdown -----------------------------------------------------------------------
 
     async def action_lab_quit(self) -> None:
-        await self.action_quit()
+        if self.unsaved <= 0 or self.engine is None:
+            await self.action_quit()
+            return
+        from labtui.tui.screens.modals import QuitModal
+
+        def chosen(choice: str | None) -> None:
+            if choice == "quit":
+                self.exit(0)
+            elif choice == "save":
+                self._save_then_quit()
+
+        self.push_screen(QuitModal(self.unsaved), chosen)
+
+    def _save_then_quit(self) -> None:
+        from labtui.tui.screens.modals import SaveModal
+
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        default = str(self.save_dir / f"lab-session-{stamp}.toml")
+        n = len(getattr(self.engine, "command_log", []))
+
+        def saved(path: str | None) -> None:
+            if path and self._save_to(path):
+                self.exit(0)  # a failed save keeps the lab open: nothing is lost
+
+        self.push_screen(SaveModal(default, n), saved)
 
     async def action_quit(self) -> None:
         if self.replay is not None:
@@ -611,7 +750,7 @@ class LabApp(App):
             self.replay.stop()
 
 
-def main(scenario_path: str | None, device: str | None) -> int:
+def main(scenario_path: str | None, device: str | None, time_scale: float = 1.0) -> int:
     """`labtui` / `labtui open SCENARIO`: validate the scenario first (bad input
     exits 2 with one line), then show the lab at once and start the engine on a
     worker thread."""
@@ -625,7 +764,10 @@ def main(scenario_path: str | None, device: str | None) -> int:
 
         return Engine(**kw)
 
-    app = LabApp(scenario=scn, engine_factory=factory)
+    if not time_scale > 0:
+        raise LabError(f"--time-scale {time_scale:g} is not > 0; accepted: a number > 0 "
+                       "(2 = the timeline at half speed, 0.5 = twice as fast)")
+    app = LabApp(scenario=scn, engine_factory=factory, time_scale=time_scale)
     try:
         rc = app.run()
     finally:

@@ -69,7 +69,13 @@ class Replay:
         engine,
         on_error: Callable[[str], None],
         on_done: Callable[[str], None],
+        time_scale: float = 1.0,
     ) -> None:
+        from labtui.scenario.player import PlayClock
+
+        self.clock = PlayClock(time_scale)  # the lab pauses, steps and slows it
+        self.notes = [e.text for e in scn.timeline if e.action == "note"]
+        self.captions = len(self.notes)
         self.scn = scn
         self.engine = engine
         self.on_error = on_error
@@ -91,7 +97,8 @@ class Replay:
 
         try:
             self.result = play_timeline(
-                self.scn, self.engine, stop=self.stop_event, on_error=self.on_error
+                self.scn, self.engine, stop=self.stop_event, on_error=self.on_error,
+                clock=self.clock,
             )
         except LabError as e:
             self.status = "failed"
@@ -110,7 +117,8 @@ class Replay:
 
 
 def save_recording(engine, path: str | Path, scn=None) -> Path:
-    """Write the engine's command log as a scenario (`labtui run` replays it)."""
+    """Write a session's commands as a scenario (`labtui run` replays it).
+    `engine`: the lab's SessionRecorder (every command), or an engine (its last ones)."""
     from labtui.scenario.recorder import scenario_from_log
 
     path = Path(path).expanduser()
@@ -119,7 +127,9 @@ def save_recording(engine, path: str | Path, scn=None) -> Path:
         engine,
         name=name,
         description="recorded in the lab"
-        + (f" (opened from {scn.name})" if scn is not None else ""),
+        + (f" (opened from {scn.name})" if scn is not None else "")
+        + (" (incomplete: not every command of the session was kept)"
+           if not getattr(engine, "complete", True) or getattr(engine, "dropped", 0) else ""),
         seed=scn.lab.seed if scn is not None else 0,
     )
     if path.parent and not path.parent.exists():

@@ -2,7 +2,10 @@
 
 The lab reads everything it shows from ``EngineSnapshot`` and ``Event`` objects, so
 feeding it hand-built ones gives deterministic screens for snapshot tests and for
-looking at layouts without torch. ``FrozenEngine`` implements just the part of the
+looking at layouts without torch. Hand-built must not mean impossible: every state
+here passes ``snapshot.snapshot_problems``, the invariants the real engine's
+snapshots are tested against (tests/test_display_truth.py), e.g. a preempted model
+has no block on the accelerator and its cells say where the weights went. ``FrozenEngine`` implements just the part of the
 engine API the lab uses; commands sent to it are recorded (and validated by the
 commands' own pydantic models) but change nothing.
 """
@@ -103,7 +106,8 @@ def demo_model(
     state: str = "serving",
     mode: str = "stream",
     prefetch: bool = True,
-    tok_s: float = 142.5,
+    served: float | None = 142.5,
+    decode: float | None = None,
     queued: int = 2,
     running: int = 2,
     last_text: str = "the river ran past the old mill and the children watched it",
@@ -111,9 +115,12 @@ def demo_model(
     layer_bytes: int = 12 * MIB,
 ) -> ModelSnapshot:
     cells = cells if cells is not None else "R" * n_layers
-    resident = sum(1 for c in cells if c == "R")
     non_res = "H" if mode == "host" else "S"
     cells = "".join(non_res if c in "SH" else c for c in cells)
+    resident = cells.count("R")
+    streamed = cells.count("S") + cells.count("M")
+    decode = decode if decode is not None else (round(served * 1.12, 1) if served else None)
+    tok_s = served or 0.0
     return ModelSnapshot(
         id=id,
         source=source,
@@ -129,27 +136,55 @@ def demo_model(
         layer_cells=cells,
         ledger=Ledger(
             accel_weights=resident * layer_bytes + 8 * MIB,
-            accel_kv=24 * MIB if state not in ("preempted",) else 0,
-            accel_buffers=3 * MIB,
+            accel_kv=24 * MIB,
+            accel_buffers=min(streamed, 4) * layer_bytes,  # the stream window
             host_weights=(n_layers - resident) * layer_bytes,
-            host_kv=24 * MIB if state == "preempted" else 0,
+            host_kv=0,
         ),
         queued=queued,
         running=running,
         completed=14,
         cancelled=0,
         tokens_generated=1792,
-        tok_s=tok_s,
-        tok_s_overall=tok_s * 0.93,
-        tok_s_history=_hist(tok_s) if tok_s else tuple(0.0 for _ in range(40)),
+        served_tok_s=served,
+        decode_tok_s=decode,
+        served_tok_s_history=_hist(tok_s) if tok_s else tuple(0.0 for _ in range(40)),
         ttft_p50=0.0182,
         ttft_p95=0.0311,
         tpot_p50=1.0 / tok_s if tok_s else None,
         tpot_p95=1.3 / tok_s if tok_s else None,
-        achieved_gbps=round(tok_s * resident * layer_bytes / 1e9, 2),
-        bytes_per_token=resident * layer_bytes,
+        achieved_gbps=round((decode or 0.0) * n_layers * layer_bytes / 1e9, 2),
+        bytes_per_token=n_layers * layer_bytes,
         last_text=last_text,
         last_preemption=last_preemption,
+        decode_tokens=1778,
+        decode_s=round(1778 / decode, 3) if decode else 0.0,
+    )
+
+
+def preempted_model(m: ModelSnapshot, rep: PhaseReport, layer_bytes: int) -> ModelSnapshot:
+    """``m`` as the engine shows it once ``rep``'s kv_out and release ran: every block
+    parked in host RAM (weights=host) or released (disk), nothing on the accelerator."""
+    kv_bytes = m.ledger.accel_kv + m.ledger.host_kv
+    led = Ledger(
+        accel_weights=0,
+        accel_kv=kv_bytes if rep.kv == "keep" else 0,
+        accel_buffers=0,
+        host_weights=m.n_layers * layer_bytes + 8 * MIB if rep.weights == "host" else 0,
+        host_kv=kv_bytes if rep.kv == "swap" else 0,
+    )
+    cell = "P" if rep.weights == "host" else "D"
+    return replace(
+        m,
+        state="preempted",
+        layer_cells=cell * m.n_layers,
+        residency=0.0,
+        ledger=led,
+        last_preemption=rep,
+        served_tok_s=None,  # no decode in the last window: nothing to show
+        decode_tok_s=None,
+        achieved_gbps=0.0,
+        served_tok_s_history=_hist(140.0, 30) + tuple(0.0 for _ in range(10)),
     )
 
 
@@ -186,7 +221,7 @@ def demo_snapshot(kind: str = "default") -> EngineSnapshot:
         n_layers=16,
         cells="R" * 8 + "H" * 8,
         mode="host",
-        tok_s=38.2,
+        served=38.2,
         queued=0,
         running=1,
         layer_bytes=18 * MIB,
@@ -207,31 +242,48 @@ def demo_snapshot(kind: str = "default") -> EngineSnapshot:
     elif kind == "preempted":
         rep = demo_phase_report("big")
         big = replace(big, last_preemption=rep, state="serving")
-        small = replace(
-            small,
-            last_preemption=replace(
-                rep,
-                model="small",
-                kv="keep",
-                weights="host",
-                kv_out_s=0.0,
-                kv_out_bytes=0,
-                kv_in_s=0.0,
-                kv_in_bytes=0,
-                reload_s=0.0093,
-                release_s=0.0021,
-                complete=False,
-            ),
-            state="preempted",
-            layer_cells="H" * 8,
-            residency=0.0,
-            running=0,
-            queued=2,
-            tok_s=0.0,
-            tok_s_history=_hist(140.0, 30) + tuple(0.0 for _ in range(10)),
+        open_rep = replace(
+            rep,
+            model="small",
+            kv="swap",
+            weights="host",
+            kv_out_s=0.0009,
+            kv_out_bytes=24 * MIB,
+            release_s=0.0041,
+            release_bytes=104 * MIB,
+            reload_s=0.0,
+            reload_bytes=0,
+            kv_in_s=0.0,
+            kv_in_bytes=0,
+            freed_bytes=128 * MIB + 24 * MIB,
+            paused_s=0.0,
+            complete=False,
         )
+        small = replace(preempted_model(small, open_rep, 12 * MIB), running=2, queued=2)
         models = (small, big)
         busy = "decode big"
+    elif kind == "preempted-disk":
+        # both ways of parking: small's weights in host RAM, big's released to disk
+        rep = replace(
+            demo_phase_report("big"),
+            kv="drop",
+            kv_out_s=0.0,
+            kv_out_bytes=24 * MIB,
+            reload_s=0.0,
+            reload_bytes=0,
+            kv_in_s=0.0,
+            kv_in_bytes=0,
+            paused_s=0.0,
+            complete=False,
+        )
+        small_rep = replace(
+            rep, model="small", kv="swap", weights="host", kv_out_s=0.0009, release_s=0.0041,
+            release_bytes=104 * MIB,
+        )
+        big = replace(preempted_model(big, rep, 18 * MIB), running=1)
+        small = replace(preempted_model(small, small_rep, 12 * MIB), running=2, queued=2)
+        models = (small, big)
+        busy = "idle"
     elif kind == "empty":
         models = ()
         busy = "idle"

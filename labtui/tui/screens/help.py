@@ -11,6 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from labtui.tui.widgets.layer_map import LEGEND
+from labtui.tui.widgets.model_card import RATES_TIP
 
 KEYS: list[tuple[str, str]] = [
     ("tab / shift+tab", "next / previous model card"),
@@ -22,7 +23,7 @@ KEYS: list[tuple[str, str]] = [
     ("r", "resume the selected model"),
     ("w", "launch a workload on the selected model"),
     ("c", "cancel the selected model's workloads"),
-    ("l", "load a model (zoo list, a path, or a hub id)"),
+    ("l", "load a model: the zoo, the Hugging Face cache (type to search), a path, a hub id"),
     ("u", "unload the selected model"),
     ("m", "toggle offload mode: stream ↔ host"),
     ("f", "toggle prefetch"),
@@ -32,8 +33,11 @@ KEYS: list[tuple[str, str]] = [
     ("x", "chart: clear points"),
     ("1 2 3 4", "narrow terminals: models, memory, chart, events"),
     ("s", "save this session as a scenario (labtui run / open replay it)"),
+    ("space", "a scenario's timeline (the tour): pause / resume (the models keep serving)"),
+    ("] / [", "next caption (its actions run) / show the previous caption again"),
+    ("ctrl+p", "command palette: every lab action by name"),
     ("? / F1", "this help"),
-    ("q / ctrl+q", "quit (q on the main screen; ctrl+q anywhere)"),
+    ("q / ctrl+q", "quit (q offers to save unsaved actions first; ctrl+q quits anywhere)"),
 ]
 
 MOUSE = (
@@ -59,6 +63,7 @@ class HelpScreen(ModalScreen):
             yield Static(table)
             yield Static(Text(MOUSE), classes="modal-help")
             yield Static(Text("Layer map: " + LEGEND), classes="modal-help")
+            yield Static(Text("Speed: " + RATES_TIP), classes="modal-help")
             yield Static(
                 Text(
                     "Residency = decoder blocks whose weights live on the accelerator. "

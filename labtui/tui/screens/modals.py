@@ -4,6 +4,7 @@ invalid is ever sent to the engine."""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -157,7 +158,7 @@ def zoo_options(rows: list[dict]) -> list[tuple[str, str]]:
         name = r.get("name") if isinstance(r, dict) else str(r)
         if not name:
             continue
-        bits = []
+        bits = ["zoo"]
         if isinstance(r, dict):
             if r.get("family"):
                 bits.append(str(r["family"]))
@@ -173,25 +174,71 @@ def zoo_options(rows: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
+_SHORT_DTYPE = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+def cached_options(cands: list, budget_bytes: int | None, simulated: bool) -> list[tuple[str, str]]:
+    """(source, description) for models in the local Hugging Face cache
+    (labtui.models.catalog.Candidate), with whether each fits the budget."""
+    out = []
+    for c in cands:
+        bits = ["hf", c.family, fmt_params(c.params)]
+        if c.layers:
+            bits.append(f"{c.layers} layers")
+        need = c.load_bytes(simulated)
+        bits.append(f"{fmt_bytes(c.bytes, 0)} {_SHORT_DTYPE.get(c.dtype, c.dtype)}")
+        if budget_bytes:
+            on = f" ({fmt_bytes(need, 0)} on sim)" if simulated and need != c.bytes else ""
+            bits.append(("fits" if need <= budget_bytes else "over budget") + on)
+        out.append((c.source, " · ".join(bits)))
+    return out
+
+
+def matches(query: str, source: str, desc: str) -> bool:
+    """Every word of the query appears in the source or its description."""
+    hay = f"{source} {desc}".lower()
+    return all(w in hay for w in query.lower().split())
+
+
 class LoadModal(_Modal):
-    def __init__(self, taken: set[str], zoo_rows: list[dict] | None = None) -> None:
+    """Load a model: the zoo and the local Hugging Face cache, filtered as you type
+    in the search box; or any source typed in the source field."""
+
+    BINDINGS = [Binding("down", "to_list", "list", show=False)]
+
+    def __init__(
+        self,
+        taken: set[str],
+        zoo_rows: list[dict] | None = None,
+        cached: list | None = None,
+        budget_bytes: int | None = None,
+        simulated: bool = True,
+    ) -> None:
         super().__init__()
         self.taken = taken
-        self.zoo = zoo_options(zoo_rows or [])
+        self.budget, self.simulated = budget_bytes, simulated
+        self.options = zoo_options(zoo_rows or [])
+        self.cached = cached
+        if cached is not None:
+            self.options += cached_options(cached, budget_bytes, simulated)
 
     def compose(self) -> ComposeResult:
-        zoo = self.zoo
         with Vertical(classes="modal", id="load-modal") as v:
             v.border_title = "load a model"
-            yield Label("zoo (enter picks) or a path / hub id below")
-            opts = [Option(f"{n}  [dim]{d}[/dim]" if d else n, id=n) for n, d in zoo]
-            yield OptionList(*opts, id="zoo-list")
+            yield Input(
+                "",
+                id="search",
+                placeholder="search the zoo and the Hugging Face cache (↓ to the list)",
+                compact=True,
+            )
+            yield OptionList(id="zoo-list")
+            yield Static("", id="load-note", classes="modal-help")
             with Grid(classes="form"):
                 yield Label("source")
                 yield Input(
-                    zoo[0][0] if zoo else "",
+                    self.options[0][0] if self.options else "",
                     id="source",
-                    placeholder="zoo:NAME, a folder, or a hub id",
+                    placeholder="zoo:NAME, hf:org/name, a folder, or a hub id",
                     compact=True,
                 )
                 yield Label("id")
@@ -214,11 +261,61 @@ class LoadModal(_Modal):
             yield from self._buttons("Load")
 
     def on_mount(self) -> None:
-        zl = self.query_one("#zoo-list", OptionList)
-        if zl.option_count:
-            zl.focus()
+        self._fill("")
+        self.query_one("#search", Input).focus()
+        if self.cached is None:
+            self._note("scanning the local Hugging Face cache…")
+            self.run_worker(self._scan, thread=True, exclusive=True, group="hub-scan")
         else:
-            self.query_one("#source", Input).focus()
+            self._cache_note(len(self.cached))
+
+    def _scan(self) -> None:
+        # off the UI thread: the scan reads a few KB of every cached safetensors file
+        from labtui.models.catalog import scan_hub_cache
+
+        try:
+            found, _ = scan_hub_cache()
+        except Exception:  # noqa: BLE001 - the list is a convenience; a typed source still works
+            found = []
+        self.app.call_from_thread(self._scanned, found)
+
+    def _scanned(self, found: list) -> None:
+        self.cached = found
+        self.app._cached_rows = found  # the next dialog opens with them at once
+        self.options += cached_options(found, self.budget, self.simulated)
+        self._fill(self.query_one("#search", Input).value)
+        self._cache_note(len(found))
+
+    def _cache_note(self, n: int) -> None:
+        from labtui.models.catalog import hub_cache_dir
+
+        self._note(
+            f"zoo weights are random: text is noise, timing is real · Hugging Face cache "
+            f"{hub_cache_dir()}: {n} model(s)"
+        )
+
+    def _note(self, text: str) -> None:
+        from rich.text import Text
+
+        self.query_one("#load-note", Static).update(Text(text))
+
+    def _fill(self, query: str) -> None:
+        ol = self.query_one("#zoo-list", OptionList)
+        ol.clear_options()
+        shown = [(s, d) for s, d in self.options if matches(query, s, d)]
+        ol.add_options(
+            [Option(Text.assemble(s, "  ", (d, "dim")) if d else s, id=s) for s, d in shown]
+        )
+        if shown:
+            ol.highlighted = 0
+
+    @on(Input.Changed, "#search")
+    def _search(self, event: Input.Changed) -> None:
+        self._fill(event.value)
+
+    def action_to_list(self) -> None:
+        if isinstance(self.focused, Input) and self.focused.id == "search":
+            self.query_one("#zoo-list", OptionList).focus()
 
     @on(OptionList.OptionHighlighted, "#zoo-list")
     def _hl(self, event: OptionList.OptionHighlighted) -> None:
@@ -232,6 +329,16 @@ class LoadModal(_Modal):
         self._ok()
 
     @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "search":  # enter in the search box loads the first match
+            ol = self.query_one("#zoo-list", OptionList)
+            if not ol.option_count:
+                self._fail(LabError(f"nothing matches {event.value!r}; type a source below"))
+                return
+            opt = ol.get_option_at_index(ol.highlighted or 0)
+            self.query_one("#source", Input).value = opt.id or ""
+        self._ok()
+
     @on(Button.Pressed, "#ok")
     def _ok(self) -> None:
         get = lambda i: self.query_one(f"#{i}", Input).value.strip()  # noqa: E731
@@ -390,3 +497,35 @@ class SaveModal(_Modal):
         if not path.endswith(".toml"):
             path += ".toml"
         self.dismiss(path)
+
+
+class QuitModal(_Modal):
+    """q with actions not saved yet: Save / Quit without saving / Cancel."""
+
+    def __init__(self, n_unsaved: int) -> None:
+        super().__init__()
+        self.n = n_unsaved
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="modal", id="quit-modal") as v:
+            v.border_title = "quit the lab"
+            yield Static(
+                f"{self.n} action(s) of this session are not saved. Save the session as a "
+                "scenario first (`labtui run FILE` replays it)?",
+                classes="modal-help",
+            )
+            with Horizontal(classes="modal-buttons"):
+                yield Button("Save…", id="save", variant="primary")
+                yield Button("Quit without saving", id="quit", variant="error")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#save", Button).focus()
+
+    @on(Button.Pressed, "#save")
+    def _save(self) -> None:
+        self.dismiss("save")
+
+    @on(Button.Pressed, "#quit")
+    def _quit(self) -> None:
+        self.dismiss("quit")

@@ -4,13 +4,16 @@ textual-plotext exists on PyPI, but this chart needs only dots, lines and a few
 labels, so it is drawn here with braille cells (2×4 dots per cell): no extra
 dependency, and fully deterministic output for snapshot tests.
 
-Points accumulate as the user (or a scenario) moves sliders: one point per model,
-offload mode and number of resident layers. The value is the model's own decode
-rate at that placement: decode tokens / decode seconds since the placement
-settled (ModelSnapshot.decode_tokens/decode_s), so a model that shares the
-accelerator with another is not penalised for waiting its turn. Engines that do
-not fill those counters fall back to the snapshot's windowed tok/s, taken once the
-window holds only samples at the new placement.
+Points accumulate as the user (or a scenario) moves sliders. A point is one
+condition: model, residency, offload mode, prefetch, link and host slowdown (all
+that changes a model's speed; batch size is left out, it changes at every request
+of a closed workload and points would never settle). Its value is the model's
+decode tok/s, the same definition as the card's: decode tokens / seconds of the
+model's own decode steps (ModelSnapshot.decode_tokens/decode_s), counted from
+when the condition began, so a model sharing the accelerator is not penalised for
+waiting its turn and no point averages two conditions. Any change starts a new
+measurement; a condition measured again replaces its earlier point. Series are
+keyed by everything but residency (residency is the x axis).
 """
 
 from __future__ import annotations
@@ -22,14 +25,11 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from labtui.engine.snapshot import EngineSnapshot
+from labtui.engine.snapshot import CELL_MOVING, EngineSnapshot
 
-# Windowed fallback: the engine's "tok/s now" window (engine.metrics.WINDOW_S, 3 s)
-# must hold only samples at the new residency, plus a little margin.
-SETTLE_S = 3.5
-# Busy-time rate: enough decode work after the move to be a fair measure.
+# Enough decode work in one condition to be a fair measure (no first-sample spike).
 MIN_DECODE_S = 0.5
-MIN_DECODE_TOKENS = 4
+MIN_DECODE_TOKENS = 8
 N_SERIES = 6
 MARKERS = {"stream": "●", "host": "◆"}
 
@@ -42,12 +42,30 @@ class Series:
     mode: str
     index: int  # colour (per model)
     n_layers: int
-    points: dict[int, float] = field(default_factory=dict)  # resident layers -> tok/s
+    prefetch: bool | None = None  # None: not known (hand-added points)
+    link: str | None = None
+    host_slowdown: float | None = None
+    points: dict[int, float] = field(default_factory=dict)  # resident layers -> decode tok/s
     current: tuple[int, float] | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.model, self.mode, self.prefetch, self.link, self.host_slowdown)
 
     @property
     def label(self) -> str:
         return f"{self.model} {self.mode}"
+
+    def detail(self, parts: set[str]) -> str:
+        """The conditions that tell this series from the chart's others."""
+        out = []
+        if "prefetch" in parts and self.prefetch is not None:
+            out.append("pf" if self.prefetch else "no-pf")
+        if "link" in parts and self.link is not None:
+            out.append(self.link)
+        if "host_slowdown" in parts and self.host_slowdown is not None:
+            out.append(f"host×{self.host_slowdown:g}")
+        return " ".join(out)
 
     @property
     def marker(self) -> str:
@@ -56,9 +74,7 @@ class Series:
 
 @dataclass
 class _Since:
-    layers: int
-    mode: str
-    t: float
+    cond: tuple  # (resident layers, mode, prefetch, link, host slowdown)
     decode_tokens: int
     decode_s: float
 
@@ -78,47 +94,48 @@ class ChartData:
     """The accumulating points (kept apart from the widget so tests can read them)."""
 
     def __init__(self) -> None:
-        self.series: dict[tuple[str, str], Series] = {}
+        self.series: dict[tuple, Series] = {}
         self._since: dict[str, _Since] = {}
 
-    def _series(self, model: str, mode: str, n_layers: int, index: int) -> Series:
-        s = self.series.get((model, mode))
+    def _series(self, model: str, mode: str, n_layers: int, index: int, prefetch=None,
+                link=None, host_slowdown=None) -> Series:
+        key = (model, mode, prefetch, link, host_slowdown)
+        s = self.series.get(key)
         if s is None or s.n_layers != n_layers:
-            s = self.series[(model, mode)] = Series(model, mode, index, n_layers)
+            s = self.series[key] = Series(model, mode, index, n_layers, prefetch, link, host_slowdown)
         return s
 
     def observe(self, snap: EngineSnapshot, series_index: dict[str, int]) -> bool:
         changed = False
         live = set()
+        dev = snap.device
         for m in snap.models:
             if m.n_layers <= 0:
                 continue
-            s = self._series(m.id, m.mode, m.n_layers, series_index.get(m.id, 0))
-            live.add((m.id, m.mode))
+            s = self._series(m.id, m.mode, m.n_layers, series_index.get(m.id, 0),
+                             m.prefetch, dev.link, dev.host_slowdown)
+            live.add(s.key)
             k = m.resident_layers
-            # A measurement runs while the placement stays put; moves, preemption and
-            # mode changes start a new one (idle gaps between requests do not).
-            steady = m.state in ("serving", "idle") and "M" not in m.layer_cells
-            decoding = steady and m.state == "serving" and m.running > 0 and m.tok_s > 0
-            # the live marker, to 2 significant digits: it moves when the rate moves,
-            # not with every jitter of the window (each redraw costs the engine CPU)
-            cur = (k, float(f"{m.tok_s:.2g}")) if decoding else None
+            cond = (k, m.mode, m.prefetch, dev.link, dev.host_slowdown)
+            # A measurement runs while the condition stays put; moves, preemption and
+            # any change of mode, prefetch, link or host slowdown start a new one
+            # (idle gaps between requests do not: decode time does not run in them).
+            steady = m.state in ("serving", "idle") and CELL_MOVING not in m.layer_cells
             since = self._since.get(m.id)
-            if not steady or since is None or (since.layers, since.mode) != (k, m.mode):
-                since = self._since[m.id] = _Since(k, m.mode, snap.t, m.decode_tokens, m.decode_s)
+            if not steady or since is None or since.cond != cond:
+                since = self._since[m.id] = _Since(cond, m.decode_tokens, m.decode_s)
             value = None
-            if m.decode_s > 0:  # the engine reports its decode work: busy-time rate
-                dtok = m.decode_tokens - since.decode_tokens
-                ds = m.decode_s - since.decode_s
-                if ds >= MIN_DECODE_S and dtok >= MIN_DECODE_TOKENS:
-                    value = dtok / ds
-                    if cur is not None:
-                        cur = (k, float(f"{value:.2g}"))
-            elif decoding and snap.t - since.t >= SETTLE_S:
-                value = m.tok_s
+            dtok = m.decode_tokens - since.decode_tokens
+            ds = m.decode_s - since.decode_s
+            if steady and ds >= MIN_DECODE_S and dtok >= MIN_DECODE_TOKENS:
+                value = round(dtok / ds, 3)
             if value is not None and s.points.get(k) != value:
-                s.points[k] = round(value, 3)
+                s.points[k] = value
                 changed = True
+            # the live marker, to 2 significant digits: it moves when the rate moves,
+            # not with every jitter (each redraw costs the engine CPU)
+            decoding = steady and m.state == "serving" and m.running > 0
+            cur = (k, float(f"{value:.2g}")) if decoding and value is not None else None
             if cur != s.current:
                 s.current = cur
                 changed = True
@@ -136,8 +153,11 @@ class ChartData:
         tok_s: float,
         index: int = 0,
         mode: str = "stream",
+        prefetch: bool | None = None,
+        link: str | None = None,
+        host_slowdown: float | None = None,
     ) -> None:
-        self._series(model, mode, n_layers, index).points[layers] = tok_s
+        self._series(model, mode, n_layers, index, prefetch, link, host_slowdown).points[layers] = tok_s
 
     def clear(self) -> None:
         for s in self.series.values():
@@ -164,13 +184,21 @@ class ScatterChart(Widget):
         label = self.get_component_rich_style("chart--label")
 
         series = [s for s in self.data.series.values() if s.points or s.current]
+        shown = series or list(self.data.series.values())
+        # name only the conditions that differ between the series on the chart
+        varies = {
+            name for name, get in (("prefetch", lambda s: s.prefetch), ("link", lambda s: s.link),
+                                   ("host_slowdown", lambda s: s.host_slowdown))
+            if len({get(s) for s in shown}) > 1
+        }
         legend = Text(no_wrap=True, overflow="ellipsis")
-        for s in series or self.data.series.values():
+        for s in shown:
             legend.append(
                 f"{s.marker} ", self.get_component_rich_style(f"series--{s.index % N_SERIES}")
             )
-            legend.append(f"{s.label} ({len(s.points)})  ")
-        ylab = "tok/s ÷ tok/s at 100%" if self.normalised else "decode tok/s"
+            detail = s.detail(varies)
+            legend.append(f"{s.label}{' ' + detail if detail else ''} ({len(s.points)})  ")
+        ylab = "decode tok/s ÷ at 100%" if self.normalised else "decode tok/s"
         legend.append(f"y: {ylab}", label)
         legend.truncate(W, overflow="ellipsis")
 
@@ -292,8 +320,9 @@ class ScatterChart(Widget):
             t.append_text(legend)
             t.append("\n\n")
             t.append(
-                "  No points yet. A point appears when a model has decoded at one\n"
-                f"  residency for {SETTLE_S:g} s. Move a slider (←/→) and watch the curve grow.",
+                "  No points yet. A point appears when a model has decoded for\n"
+                f"  {MIN_DECODE_S:g} s of its own time at one residency, mode, prefetch and link.\n"
+                "  Move a slider (←/→) and watch the curve grow.",
                 self.get_component_rich_style("chart--empty"),
             )
         return t

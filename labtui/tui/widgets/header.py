@@ -16,11 +16,15 @@ SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 class Caption(Static):
     """The latest `note` (teaching tours' captions), on its own line(s) when set."""
 
-    def show(self, note: str) -> None:
-        if note != getattr(self, "_note", None):
-            self._note = note
-            self.update(Text(f"✎ {one_line_text(note)}") if note else "")  # plain, not markup
-            self.display = bool(note)
+    def show(self, note: str, status: str = "") -> None:
+        """`status`: a second, dim line (the tour's position and keys)."""
+        if (note, status) != getattr(self, "_note", None):
+            self._note = (note, status)
+            text = Text(f"✎ {one_line_text(note)}") if note else Text()  # plain, not markup
+            if status:
+                text.append(("\n" if note else "") + status, style="not bold dim")
+            self.update(text)
+            self.display = bool(note or status)
 
 
 class DeviceBar(Static):

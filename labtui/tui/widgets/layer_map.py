@@ -2,7 +2,9 @@
 
 Glyph *and* colour encode the state, so the map reads in monochrome too:
 █ resident on the accelerator, ▓ streamed (host weights copied in per forward),
-░ runs on the host, ▒ moving now.
+░ runs on the host, ▒ moving now; while preempted, ▄ weights parked in host RAM,
+▁ weights released (reloaded from the checkpoint on disk). The lower the block,
+the further its weights are from the accelerator.
 """
 
 from __future__ import annotations
@@ -13,18 +15,41 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from labtui.engine.snapshot import CELL_HOST, CELL_MOVING, CELL_RESIDENT, CELL_STREAM
+from labtui.engine.snapshot import (
+    CELL_HOST,
+    CELL_MOVING,
+    CELL_PARKED,
+    CELL_RELEASED,
+    CELL_RESIDENT,
+    CELL_STREAM,
+)
 
-GLYPH = {CELL_RESIDENT: "█", CELL_STREAM: "▓", CELL_HOST: "░", CELL_MOVING: "▒"}
+ORDER = (CELL_RESIDENT, CELL_STREAM, CELL_HOST, CELL_MOVING, CELL_PARKED, CELL_RELEASED)
+GLYPH = {
+    CELL_RESIDENT: "█",
+    CELL_STREAM: "▓",
+    CELL_HOST: "░",
+    CELL_MOVING: "▒",
+    CELL_PARKED: "▄",
+    CELL_RELEASED: "▁",
+}
 NAME = {
     CELL_RESIDENT: "resident",
     CELL_STREAM: "streamed",
-    CELL_HOST: "on host",
+    CELL_HOST: "runs on host",
     CELL_MOVING: "moving",
+    CELL_PARKED: "preempted, in host RAM",
+    CELL_RELEASED: "preempted, on disk",
 }
-LEGEND = "  ".join(
-    f"{GLYPH[c]} {NAME[c]}" for c in (CELL_RESIDENT, CELL_STREAM, CELL_HOST, CELL_MOVING)
-)
+STYLE = {
+    CELL_RESIDENT: "layermap--resident",
+    CELL_STREAM: "layermap--stream",
+    CELL_HOST: "layermap--host",
+    CELL_MOVING: "layermap--moving",
+    CELL_PARKED: "layermap--parked",
+    CELL_RELEASED: "layermap--released",
+}
+LEGEND = "  ".join(f"{GLYPH[c]} {NAME[c]}" for c in ORDER)
 
 
 def cell_width(n: int, width: int) -> int:
@@ -35,12 +60,7 @@ def cell_width(n: int, width: int) -> int:
 
 
 class LayerMap(Widget):
-    COMPONENT_CLASSES = {
-        "layermap--resident",
-        "layermap--stream",
-        "layermap--host",
-        "layermap--moving",
-    }
+    COMPONENT_CLASSES = set(STYLE.values())
 
     cells: reactive[str] = reactive("", layout=True)
 
@@ -50,13 +70,7 @@ class LayerMap(Widget):
         self.tooltip = LEGEND
 
     def _style_for(self, c: str):
-        name = {
-            CELL_RESIDENT: "layermap--resident",
-            CELL_STREAM: "layermap--stream",
-            CELL_HOST: "layermap--host",
-            CELL_MOVING: "layermap--moving",
-        }.get(c, "layermap--host")
-        return self.get_component_rich_style(name)
+        return self.get_component_rich_style(STYLE.get(c, "layermap--host"))
 
     def get_content_height(self, container, viewport, width: int) -> int:
         n = len(self.cells)

@@ -256,4 +256,7 @@ class MemoryStrip(Static):
         t.append(head, self.get_component_rich_style("memory--label"))
         t.append_text(stacked_bar(self, parts, budget, bar_w, "memory--free"))
         t.append(tail, "bold")
-        self.update(t, layout=False)
+        key = (t.plain, tuple(t.spans))  # text and colours
+        if key != getattr(self, "_shown", None):  # skip identical repaints
+            self._shown = key
+            self.update(t, layout=False)

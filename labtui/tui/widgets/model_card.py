@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.markup import escape
 from textual.widgets import Button, Sparkline, Static
 
-from labtui.engine.snapshot import ModelSnapshot
+from labtui.engine.snapshot import CELL_MOVING, CELL_PARKED, CELL_RELEASED, ModelSnapshot
 from labtui.tui.format import ellipsize, fmt_bytes, fmt_params, fmt_rate, fmt_s, one_line_text
 from labtui.tui.messages import ModelAction, ModelSelected
 from labtui.tui.widgets.layer_map import LayerMap
@@ -28,6 +28,49 @@ STATE_GLYPH = {
     "resuming": "◑",
     "unloading": "◌",
 }
+WEIGHTS_AT = {"host": "weights in host RAM", "disk": "weights on disk"}
+KV_AT = {"host": "KV on host", "accelerator": "KV kept", "dropped": "KV dropped"}
+# The card's two speeds (the same words, the same definitions, as the chart,
+# metrics.csv and summary.json; see docs/engine-api.md)
+RATES_TIP = (
+    "served tok/s: tokens made by decode steps per wall second (waits for other models, "
+    "prefill and pauses count). decode tok/s: the same tokens per second of this model's "
+    "own decode steps. Both over the last 3 s; '-' until 1 s and 8 tokens were measured."
+)
+
+
+def fmt_maybe_rate(x: float | None) -> str:
+    return "-" if x is None else fmt_rate(x)
+
+
+def rates_text(ms: ModelSnapshot) -> Text:
+    return Text.assemble(
+        ("served ", "dim"),
+        (fmt_maybe_rate(ms.served_tok_s).rjust(5), "bold"),
+        ("  decode ", "dim"),
+        (fmt_maybe_rate(ms.decode_tok_s).rjust(5), "bold"),
+        (" tok/s", "dim"),
+    )
+
+
+def state_line(ms: ModelSnapshot) -> str:
+    """The card's subtitle: the state, and while preempted where weights and KV are."""
+    sub = f"{STATE_GLYPH.get(ms.state, '●')} {ms.state}"
+    where = ms.paused_where
+    if where is not None:
+        sub += f": {WEIGHTS_AT.get(where[0], where[0])}, {KV_AT.get(where[1], where[1])}"
+    return sub
+
+
+def layer_count(ms: ModelSnapshot) -> str:
+    """'3/6' blocks on the accelerator now, plus those moving (▒), parked in host
+    RAM (▄) or released to disk (▁) while preempted."""
+    count = f"{ms.resident_layers}/{ms.n_layers}"
+    for cell, glyph in ((CELL_MOVING, "▒"), (CELL_PARKED, "▄"), (CELL_RELEASED, "▁")):
+        n = ms.layer_cells.count(cell)
+        if n:
+            count += f" {glyph}{n}"
+    return count
 
 
 def metrics_line(ms: ModelSnapshot, width: int) -> Text:
@@ -74,6 +117,7 @@ class ModelCard(Vertical):
         self._ms = ms
         self._cache: dict[str, object] = {}
         self._spark_drawn = 0.0
+        self._shown_ms: ModelSnapshot | None = None  # the snapshot last drawn
         self.slider = ResidencySlider(ms.id, ms.n_layers, ms.resident_layers, classes="slider")
         self.layer_map = LayerMap(ms.layer_cells, classes="layer-map")
         self.phase_bar = PhaseBar(classes="phase-bar")
@@ -100,7 +144,9 @@ class ModelCard(Vertical):
             yield CardButton("workload", "workload", variant="primary")
             yield CardButton("unload", "unload", variant="error")
         with Horizontal(classes="card-row toks-row"):
-            yield Static("", classes="toks-now")
+            rates = Static("", classes="toks-now")
+            rates.tooltip = RATES_TIP
+            yield rates
             yield self.spark
         yield Static("", classes="card-metrics")
         yield self.phase_bar
@@ -132,14 +178,18 @@ class ModelCard(Vertical):
         self._ms = ms
         if not self.is_mounted:
             return
-        glyph = STATE_GLYPH.get(ms.state, "●")
+        # Snapshot diffing: an unchanged model (idle, paused) costs one comparison of
+        # frozen dataclasses, not a rebuild of every line of its card.
+        if not force and ms == self._shown_ms:
+            return
+        self._shown_ms = ms
         if ms.n_layers == 0:  # still loading: family and size not known yet
             title = f"[b]{ms.id}[/b] · {escape(ms.source)}"  # a path may hold "["
         else:
             title = f"[b]{ms.id}[/b] · {escape(ms.family)} {fmt_params(ms.params)} · {ms.n_layers} layers"
         if self.border_title != title:
             self.border_title = title
-        sub = f"{glyph} {ms.state}"
+        sub = state_line(ms)
         if self.border_subtitle != sub:
             self.border_subtitle = sub
         for st in (
@@ -157,11 +207,7 @@ class ModelCard(Vertical):
         self.slider.set_layers_total(ms.n_layers)
         self.slider.sync(ms.resident_layers)
 
-        n_m = ms.layer_cells.count("M")
-        count = f"{ms.resident_layers}/{ms.n_layers}"
-        if n_m:
-            count += f" ▒{n_m}"
-        self._set("count", self.query_one(".layer-count", Static), count)
+        self._set("count", self.query_one(".layer-count", Static), layer_count(ms))
 
         self._label("btn-mode", ms.mode)
         self._label("btn-prefetch", "prefetch✓" if ms.prefetch else "prefetch✗")
@@ -169,15 +215,14 @@ class ModelCard(Vertical):
         self._disable("btn-preempt", paused or ms.state == "resuming")
         self._disable("btn-resume", ms.state != "preempted")
 
-        toks = Text.assemble(("tok/s ", "dim"), (fmt_rate(ms.tok_s).rjust(6), "bold"))
-        self._set("toks", self.query_one(".toks-now", Static), toks)
+        self._set("toks", self.query_one(".toks-now", Static), rates_text(ms))
         # The history and the figures below redraw once a second (tok/s now at every
         # tick, as btop/nvitop do): each repaint costs CPU, and through the GIL, the
         # engine's decode (measured: the lab must cost the engine < 5% tok/s).
         now = time.monotonic()
         if force or now - self._spark_drawn >= 1.0:
             self._spark_drawn = now
-            hist = list(ms.tok_s_history)
+            hist = list(ms.served_tok_s_history)
             if self._cache.get("hist") != hist:
                 self._cache["hist"] = hist
                 self.spark.data = spark_data(hist, self.spark.size.width)
@@ -191,9 +236,12 @@ class ModelCard(Vertical):
 
         text_w = max(10, self.query_one(".card-text", Static).content_size.width or 60)
         last = one_line_text(ms.last_text)
+        # zoo checkpoints have random weights: say so where their noise is shown
+        hint = "random weights: " if ms.source.startswith("zoo:") and last else ""
         shown = Text.assemble(
             ("» ", "dim"),
-            ellipsize(last, text_w - 2) if last else ("(no output yet)", "dim italic"),
+            (hint, "dim italic"),
+            ellipsize(last, text_w - 2 - len(hint)) if last else ("(no output yet)", "dim italic"),
         )
         self._set("text", self.query_one(".card-text", Static), shown)
 

@@ -1,6 +1,6 @@
 """A preemption's cost in the study's four phases (+ recompute), as one stacked bar.
 
-The paper's finding (reload dominates, KV moves are ~1%) is visible at a glance:
+The study's finding (docs/study.md) (reload dominates, KV moves are ~1%) is visible at a glance:
 each non-zero phase gets at least one cell so small phases never vanish.
 """
 

@@ -30,7 +30,7 @@ class ResidencySlider(Widget, can_focus=True):
     }
 
     BINDINGS = [
-        Binding("left,minus", "step(-1)", "−1 layer", show=False),
+        Binding("left,minus", "step(-1)", "layers", key_display="←→", show=True),
         Binding("right,plus,equals_sign", "step(1)", "+1 layer", show=False),
         Binding("shift+left,pageup", "step_frac(-0.25)", "−25%", show=False),
         Binding("shift+right,pagedown", "step_frac(0.25)", "+25%", show=False),

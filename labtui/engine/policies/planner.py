@@ -1,0 +1,455 @@
+"""The planner: places, preempts and admits models against their SLOs, then goodput.
+
+What it keeps, per model (all learned online from the engine's own steps, seeded
+by a cost model until measured):
+
+- decode step time against placement (resident blocks, offload mode): a table of
+  measured seconds per decode step (EWMA) per (k, mode); where a placement was never
+  measured, the cost model (compute per block from the measurements, streamed bytes
+  over the link, host blocks ``host_slowdown`` times slower) scaled by how far off
+  the model has been for this model so far;
+- its preemption cost with weights on the host and on disk (PhaseReports: reload
+  seconds, EWMA; seeded by bytes over the link, plus a disk read);
+- its workload: arrival rate (EWMA of requests per second) and pending output tokens.
+
+Every ``PLAN_PERIOD_S`` it computes a target placement for every model:
+
+1. the models with work (queued/running, or arrivals in the last ``ACTIVE_S``), and
+   every pinned model, get their minimum (pinned: min_residency; others: 0 blocks
+   streamed); if even the minimums do not fit, the busy model with the least SLO
+   weight is preempted (KV swapped, weights parked on the host: the cheap reload),
+   never a pinned one;
+2. idle models that are not pinned are evicted when their memory is needed (weights
+   to the host if host RAM allows, else disk: the measured reload costs say which is
+   cheaper; the host is always cheaper when it has room);
+3. the rest of the budget goes block by block to the model whose extra block lowers
+   the weighted SLO violation most (predicted TPOT of a model = its step time plus
+   the steps of the other busy models interleaved with it), then raises goodput;
+   offload mode per model: the faster of stream and host at its block count.
+
+Hysteresis: a model is moved only when the target differs by at least
+``MIN_MOVE_BLOCKS`` blocks (or it must shrink to make room, or it is below its
+minimum), and not within ``DWELL_S`` of its last move. Preempted models with work are
+resumed pipelined (decode starts when the embedding and first block are back; the
+residency climbs block by block). Step choice (admission order): a decode step
+whose TPOT deadline (last step + slo_tpot_s) has passed first; else prefills first
+(as vLLM), the one nearest its TTFT deadline (arrival + slo_ttft_s) first; else the
+decode with the least slack; slack divided by the model's slo_weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from labtui.engine import commands as C
+from labtui.engine.policies.base import Action, Candidate, LoadPlan, ModelView, Policy, View, evict
+
+ACTIVE_S = 1.5  # a model that had work this recently is planned for as active
+MIN_MOVE_BLOCKS = 2
+DWELL_S = 4.0
+EWMA = 0.3
+DEFAULT_TTFT_S = 2.0  # objectives for models whose Load gives none
+DEFAULT_TPOT_S = 0.25
+KV_HEADROOM = 1.5  # plan room for the KV a busy model holds, times this (it grows)
+DISK_GBPS_SEED = 2.0
+SLO_MARGIN = 0.5  # plan for TPOT within half its target (prefill steps and a shared CPU cost the rest)  # seed for a disk reload before one is measured
+
+
+@dataclass
+class _Learned:
+    step_s: dict  # (k, mode) -> EWMA seconds per decode step
+    extra_s: dict = None  # mode -> seconds one offloaded block adds per step (learned)
+    compute_block_s: float | None = None  # seconds one block computes (resident)
+    reload_s: dict = None  # weights ("host" | "disk") -> EWMA reload seconds
+    rate: float = 0.0  # arrivals per second, EWMA
+    last_arrived: int = 0
+    last_t: float = 0.0
+    last_tokens: int = 0
+    last_s: float = 0.0
+    last_active: float = -1e9
+    last_move: float = -1e9
+    last_refused: float = -1e9
+    reports_seen: int = 0
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """The planner's current plan for one model (the lab shows it)."""
+
+    model: str
+    resident: int
+    n_layers: int
+    mode: str
+    predicted_tok_s: float
+    predicted_tpot_s: float
+    binding: str  # what limits it: "slo met", "budget", "pinned minimum", "idle", "preempted"
+
+
+class Planner(Policy):
+    name = "planner"
+    evicts = True
+    places = True
+
+    def __init__(self):
+        self.learned: dict[str, _Learned] = {}
+        self.slo: dict[str, tuple[float, float, float]] = {}  # ttft, tpot, weight
+        self.last_step: dict[str, float] = {}
+        self.plan_rows: dict[str, PlanRow] = {}
+        self._now = 0.0
+        self.compute_bw = 4e9  # bytes of weights computed per second, seed (learned)
+
+    # ------------------------------------------------------------ step choice
+    def pick(self, cands: list[Candidate]) -> tuple[str, str] | None:
+        ready = [c for c in cands if c.runnable]
+        if not ready:
+            return None
+        import time
+
+        t = time.perf_counter()
+
+        def slack(c: Candidate) -> float:
+            ttft, tpot, w = self.slo.get(c.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))
+            if c.action == "prefill":
+                return (c.oldest + ttft - t) / w
+            return (self.last_step.get(c.id, t) + tpot - t) / w
+
+        # A decode step whose TPOT deadline has passed goes first (most overdue first);
+        # otherwise prefills first, as vLLM does (a first token soon, TTFT), the one
+        # closest to its TTFT deadline first; then decodes, least slack first.
+        overdue = [c for c in ready if c.action == "decode" and slack(c) < 0]
+        prefills = [c for c in ready if c.action == "prefill"]
+        pool = overdue or prefills or ready
+        c = min(pool, key=lambda c: (slack(c), c.id))
+        self.last_step[c.id] = t
+        return c.id, c.action
+
+    # ------------------------------------------------------------ learning
+    def _l(self, m: ModelView) -> _Learned:
+        lr = self.learned.get(m.id)
+        if lr is None:
+            lr = self.learned[m.id] = _Learned(step_s={}, reload_s={}, extra_s={}, last_t=self._now,
+                                               last_tokens=m.decode_tokens, last_s=m.decode_s)
+        return lr
+
+    def _observe(self, view: View) -> None:
+        for m in view.models.values():
+            self.slo[m.id] = (m.slo_ttft_s or DEFAULT_TTFT_S, m.slo_tpot_s or DEFAULT_TPOT_S, m.slo_weight)
+            lr = self._l(m)
+            dt = view.now - lr.last_t
+            if dt > 0:
+                new = m.arrived - lr.last_arrived
+                inst = new / dt
+                a = min(1.0, dt / 2.0)  # time constant about 2 s
+                lr.rate = (1 - a) * lr.rate + a * inst
+            lr.last_arrived, lr.last_t = m.arrived, view.now
+            if m.busy or m.arrived > lr.last_arrived:
+                lr.last_active = view.now
+            dtok, ds = m.decode_tokens - lr.last_tokens, m.decode_s - lr.last_s
+            lr.last_tokens, lr.last_s = m.decode_tokens, m.decode_s
+            if dtok > 0 and ds > 0 and not m.preempted and not m.climbing:
+                steps = dtok / max(1, m.running)
+                meas = ds / max(steps, 1e-9)
+                key = (m.resident, m.mode if m.resident < m.n_layers else "resident")
+                old = lr.step_s.get(key)
+                lr.step_s[key] = meas if old is None else (1 - EWMA) * old + EWMA * meas
+                self._calibrate(view, m, lr, meas)
+            for rep in m.reloads[lr.reports_seen:]:
+                if rep.reload_s is not None:
+                    old = lr.reload_s.get(rep.weights)
+                    lr.reload_s[rep.weights] = rep.reload_s if old is None else (1 - EWMA) * old + EWMA * rep.reload_s
+            lr.reports_seen = len(m.reloads)
+
+    def _calibrate(self, view: View, m: ModelView, lr: _Learned, meas: float) -> None:
+        """Fit the linear cost model to a measurement: at full residency it gives the
+        compute per block; at k blocks in a mode, the extra per offloaded block in
+        that mode (what streaming or host execution really costs on this machine)."""
+        n, k = m.n_layers, m.resident
+        if k == n or lr.compute_block_s is None:
+            c = meas / (n + 1) if k == n else None
+            if c is None:  # first measurement is partial: compute from the others' rate
+                c = m.block_bytes / self.compute_bw
+                if k < n:
+                    c = min(c, meas / (n + 1))
+            lr.compute_block_s = c if lr.compute_block_s is None or k < n else (1 - EWMA) * lr.compute_block_s + EWMA * c
+            if k == n:
+                self.compute_bw = 0.5 * self.compute_bw + 0.5 * m.block_bytes / lr.compute_block_s
+        if k < n:
+            extra = max(0.0, (meas - lr.compute_block_s * (n + 1)) / (n - k))
+            old = lr.extra_s.get(m.mode)
+            lr.extra_s[m.mode] = extra if old is None else (1 - EWMA) * old + EWMA * extra
+
+    def _model_step(self, view: View, m: ModelView, lr: _Learned, k: int, mode: str, raw: bool = False) -> float:
+        """Cost model: seconds per decode step with the first k blocks resident: every
+        block computes (c each, the embedding/head about one more), each offloaded
+        block adds its mode's extra (measured; seeded: stream = its bytes over the
+        link, no overlap assumed; host = (host_slowdown - 1) x its compute)."""
+        c = lr.compute_block_s
+        if c is None:  # seed: a block's bytes at the compute rate measured on other models
+            c = m.block_bytes / self.compute_bw
+        n = m.n_layers
+        t = c * (n + 1)
+        if k < n:
+            if mode in lr.extra_s:
+                extra = lr.extra_s[mode]
+            elif mode == "stream":
+                # at least a block's compute: copying its bytes in costs about what
+                # reading them does (no overlap assumed until measured)
+                extra = max(m.block_bytes / (view.link_gbps * 1e9), c)
+            else:
+                extra = c * (view.host_slowdown - 1) + 2e-5
+            t += (n - k) * extra
+        return t
+
+    def step_s(self, view: View, m: ModelView, k: int, mode: str) -> float:
+        lr = self._l(m)
+        key = (k, mode if k < m.n_layers else "resident")
+        if key in lr.step_s:
+            return lr.step_s[key]
+        return self._model_step(view, m, lr, k, mode)
+
+    def reload_s(self, view: View, m: ModelView, weights: str) -> float:
+        lr = self._l(m)
+        if weights in lr.reload_s:
+            return lr.reload_s[weights]
+        t = m.weight_bytes / (view.link_gbps * 1e9)
+        return t + (m.weight_bytes / (DISK_GBPS_SEED * 1e9) if weights == "disk" else 0.0)
+
+    def park_to(self, view: View, m: ModelView) -> str:
+        """Host RAM when it has room (reload over the link only), else disk."""
+        if m.weight_bytes * 2 < view.host_free and self.reload_s(view, m, "host") <= self.reload_s(view, m, "disk"):
+            return "host"
+        return "disk"
+
+    # ------------------------------------------------------------ planning
+    def at_load(self, view, new, residency, mode):
+        self._now = view.now
+        acts = []
+        need = view.bytes_for(new.id, max(new.min_layers, int(round(residency * new.n_layers))), mode)
+        free = view.free
+        for m in sorted(view.models.values(), key=lambda m: m.last_used):
+            if free >= need:
+                break
+            if m.busy or m.pin or m.preempted or m.id == new.id:
+                continue
+            acts.append(evict(m.id, f"load {new.id}: park idle {m.id}'s weights on the {self.park_to(view, m)}",
+                              weights=self.park_to(view, m)))
+            free += m.accel_bytes
+        if free < need:  # load it as small as it can be: the plan grows it when it has work
+            k = view.max_layers_within(new.id, free, "stream")
+            if k is not None and k >= new.min_layers:
+                return LoadPlan(k / new.n_layers, "stream", tuple(acts), f"planner: load {new.id} at {k}/{new.n_layers} blocks (what is free)")
+        return LoadPlan(residency, mode, tuple(acts))
+
+    def _tpot(self, view: View, ks: dict[str, tuple[int, str]], busy: list[ModelView], m: ModelView) -> float:
+        # a request's time per token: its model's step plus the steps of every other
+        # busy model interleaved with it (one step each, as EDF/round robin do)
+        return sum(self.step_s(view, b, *ks[b.id]) for b in busy)
+
+    def _cost(self, view, ks, busy) -> tuple[float, float]:
+        """(weighted SLO violation, -goodput) of a placement: lower is better."""
+        viol, good = 0.0, 0.0
+        tp = sum(self.step_s(view, b, *ks[b.id]) for b in busy)
+        for b in busy:
+            slo = self.slo.get(b.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))
+            target = slo[1] * SLO_MARGIN  # predictions miss prefills and contention: aim lower
+            viol += b.slo_weight * max(0.0, tp - target) / target
+            good += max(1, b.running) / tp if tp > 0 else 0.0
+        return viol, -good
+
+    def plan(self, view: View) -> list[Action]:
+        self._now = view.now
+        self._observe(view)
+        models = list(view.models.values())
+        active = [m for m in models if m.busy or view.now - self._l(m).last_active < ACTIVE_S
+                  or self._l(m).rate > 0.5]
+        busy = [m for m in active if m.busy]
+        pinned = [m for m in models if m.pin]
+        keep = {m.id: m for m in active + pinned}
+        # the minimum each kept model needs
+        ks: dict[str, tuple[int, str]] = {}
+        for m in keep.values():
+            k0 = m.min_layers if m.pin else 0
+            # the cheaper offload mode at the minimum (host needs no stream window)
+            ks[m.id] = min(((k0, md) for md in ("host", "stream")), key=lambda p: view.bytes_for(m.id, *p))
+
+        def need(mid: str) -> int:
+            k, mode = ks[mid]
+            m = view.models[mid]
+            return view.bytes_for(mid, k, mode) + int(m.kv_bytes * KV_HEADROOM)
+
+        acts: list[Action] = []
+        budget = int(view.budget * 0.97)  # a little slack: KV grows between plans
+        total = sum(need(mid) for mid in ks)
+        # 1. if the minimums do not fit: recently active models without work leave
+        # first, then the busy, unpinned model with the least SLO weight is preempted
+        for m in sorted((m for m in active if not m.busy and not m.pin), key=lambda m: m.last_used):
+            if total <= budget:
+                break
+            total -= need(m.id)
+            del ks[m.id]
+        victims = sorted((m for m in busy if not m.pin and not m.preempted),
+                         key=lambda m: (m.slo_weight, -m.oldest_wait_s, m.id))
+        while total > budget and victims:
+            v = victims.pop(0)
+            total -= need(v.id)
+            del ks[v.id]
+            busy = [b for b in busy if b.id != v.id]
+            acts.append(Action(C.Preempt(model=v.id, kv="swap", weights="host"),
+                               f"the busy models' minimums need more than the budget: preempt {v.id} "
+                               f"(lowest SLO weight {v.slo_weight:g}), KV to the host, weights parked on the host"))
+        # 2. grow, block by block, where it lowers (SLO violation, -goodput) most per byte
+        room = budget - total
+        while True:
+            best = None
+            base = self._cost(view, ks, busy)
+            for mid, (k, mode) in ks.items():
+                m = view.models[mid]
+                if k >= m.n_layers or not m.busy and not m.pin:
+                    continue
+                for mode2 in ("stream", "host"):
+                    if k + 1 == m.n_layers and mode2 == "host":
+                        continue
+                    extra = view.bytes_for(mid, k + 1, mode2) - view.bytes_for(mid, k, mode)
+                    if extra > room:
+                        continue
+                    trial = dict(ks)
+                    trial[mid] = (k + 1, mode2)
+                    c = self._cost(view, trial, busy)
+                    # SLO violation first, then goodput; then, at equal cost, residency
+                    # (a resident block costs nothing per step and needs no link)
+                    gain = (base[0] - c[0]) * 1e3 + (base[1] - c[1]) + 1e-9
+                    score = gain / max(extra, 1)
+                    if gain > 0 and (best is None or score > best[0]):
+                        best = (score, mid, k + 1, mode2, extra)
+            if best is None:
+                break
+            _, mid, k, mode, extra = best
+            ks[mid] = (k, mode)
+            room -= extra
+        # kept models without work keep what they hold while the room allows
+        for mid, (k, mode) in list(ks.items()):
+            m = view.models[mid]
+            if not m.busy and not m.preempted and m.resident > k:
+                extra = view.bytes_for(mid, m.resident, m.mode) - view.bytes_for(mid, k, mode)
+                if extra <= room:
+                    ks[mid] = (m.resident, m.mode)
+                    room -= extra
+        # host mode at the chosen count, where it is faster and frees the stream window
+        for mid, (k, mode) in list(ks.items()):
+            m = view.models[mid]
+            if k < m.n_layers and mode == "stream" and self.step_s(view, m, k, "host") < self.step_s(view, m, k, "stream"):
+                ks[mid] = (k, "host")
+        # 2b. taking turns: when sharing the accelerator still misses TPOT targets,
+        # compare with serving the most urgent model (nearly) whole while the models
+        # with only queued requests wait, weights parked on the host (cheap to bring
+        # back). A model with running requests is never made to wait.
+        viol_share = self._cost(view, ks, busy)[0]
+        if viol_share > 0 and len(busy) >= 2:
+            alt = self._turns(view, ks, busy, budget)
+            if alt is not None and alt[2] < viol_share * 0.7:
+                ks2, waiting, viol_turns = alt
+                u = max(ks2, key=lambda mid: ks2[mid][0] / view.models[mid].n_layers if view.models[mid].busy else -1)
+                for w in waiting:
+                    ks.pop(w.id, None)
+                    busy = [b for b in busy if b.id != w.id]
+                    if not w.preempted:
+                        acts.append(Action(C.Preempt(model=w.id, kv="swap", weights="host"),
+                                           f"taking turns: sharing misses TPOT targets (weighted violation "
+                                           f"{viol_share:.2f}, {viol_turns:.2f} in turns); {w.id} waits while {u} "
+                                           f"is served, weights parked on the host"))
+                ks.update(ks2)
+        # 3. who has to leave for this: idle, unpinned, loaded models, least recently used first
+        planned = sum(view.bytes_for(mid, *ks[mid]) + view.models[mid].kv_bytes for mid in ks)
+        others = sorted((m for m in models if m.id not in ks and not m.preempted and not m.pin),
+                        key=lambda m: m.last_used)
+        other_bytes = sum(m.accel_bytes for m in others)
+        for m in others:
+            if planned + other_bytes <= view.budget:
+                break
+            w = self.park_to(view, m)
+            acts.append(evict(m.id, f"idle {view.now - m.last_used:.1f} s; its memory goes to "
+                                    f"{', '.join(sorted(b.id for b in busy)) or 'the active models'}: weights to the {w} "
+                                    f"(reload {self.reload_s(view, m, w) * 1e3:.0f} ms)", weights=w))
+            other_bytes -= m.accel_bytes
+        # 4. moves with hysteresis: only when the plan beats what is placed now by a
+        # margin (moves cost link time and stall decode), or something must change
+        # (a resume, an eviction, a pinned model below its minimum, over budget)
+        cur = {mid: (view.models[mid].resident, view.models[mid].mode) for mid in ks}
+        live = [b for b in busy if not b.preempted]
+        cv, cg = self._cost(view, cur, live)
+        pv, pg = self._cost(view, ks, live)
+        over = sum(view.bytes_for(mid, *cur[mid]) + view.models[mid].kv_bytes
+                   for mid in ks if not view.models[mid].preempted) > budget
+        must = over or bool(acts) or any(view.models[mid].preempted and view.models[mid].busy for mid in ks) \
+            or any(m.pin and m.resident < m.min_layers for m in pinned)
+        worth = (cv - pv) > 0.3 * max(cv, 0.2) or (pg < cg * 1.3 and pv <= cv)
+        shrinks, grows, resumes = [], [], []
+        for mid, (k, mode) in ks.items():
+            m = view.models[mid]
+            pred = self.step_s(view, m, k, mode)
+            tpot = self._tpot(view, ks, busy, m) if m.busy else pred
+            slo = self.slo.get(mid, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))
+            binding = "slo met" if tpot <= slo[1] else ("budget" if room < m.block_bytes else "compute")
+            if m.pin and k == m.min_layers and k < m.n_layers:
+                binding = "pinned minimum"
+            self.plan_rows[mid] = PlanRow(mid, k, m.n_layers, mode, 1.0 / pred if pred else 0.0, tpot, binding)
+            why = (f"predicted {1.0 / pred:.0f} tok/s, TPOT {tpot * 1e3:.0f} ms "
+                   f"{'meets' if tpot <= slo[1] else 'misses'} its {slo[1] * 1e3:.0f} ms")
+            if m.preempted:
+                if m.auto_preempted and m.busy and view.now - self._l(m).last_refused > 0.3:
+                    resumes.append(Action(C.Resume(model=mid, residency=k / m.n_layers, mode=mode, pipelined=True,
+                                                   start_mode=mode),
+                                          f"{mid} has work: resume pipelined to {k}/{m.n_layers} blocks ({mode}): {why}"))
+                continue
+            if not (must or worth) or (m.climbing and not must):
+                continue
+            lr = self._l(m)
+            cur = (m.resident, m.mode)
+            if (k, mode) == cur or (k == m.n_layers and m.resident == m.n_layers):
+                continue
+            below_min = m.pin and m.resident < m.min_layers
+            small = abs(k - m.resident) < MIN_MOVE_BLOCKS and mode == m.mode
+            if not below_min and (small or view.now - lr.last_move < DWELL_S) and k >= m.resident:
+                continue
+            if k < m.resident and small:
+                continue
+            lr.last_move = view.now
+            freed = m.accel_bytes - m.kv_bytes - view.bytes_for(mid, k, mode)
+            act = Action(C.SetResidency(model=mid, residency=k / m.n_layers, mode=mode),
+                         f"{mid} to {k / m.n_layers:.0%} {mode}: {why}"
+                         + (f"; frees {freed / 2**20:.0f} MiB" if freed > 0 else ""))
+            (shrinks if freed > 0 else grows).append(act)
+        return acts + shrinks + resumes + grows
+
+    def _turns(self, view: View, ks: dict, busy: list[ModelView], budget: int):
+        """The plan where one model is served (nearly) whole and the busy models with
+        only queued requests wait: (placements, waiting models, predicted violation,
+        counting the waiting ones' TTFT slipping by the served model's remaining work)."""
+        running = [b for b in busy if b.running]
+        pool = running or busy
+        u = max(pool, key=lambda b: (b.slo_weight, b.oldest_wait_s, b.running, b.id))
+        keep = [b for b in busy if b.running or b.pin or b.id == u.id]
+        waiting = [b for b in busy if b not in keep]
+        if not waiting:
+            return None
+        ks2 = {mid: p for mid, p in ks.items() if mid not in {w.id for w in waiting}}
+        room = budget - sum(view.bytes_for(mid, *p) + int(view.models[mid].kv_bytes * KV_HEADROOM)
+                            for mid, p in ks2.items() if mid != u.id)
+        for k in range(u.n_layers, ks[u.id][0], -1):
+            fit = [md for md in ("stream", "host")
+                   if view.bytes_for(u.id, k, md) + int(u.kv_bytes * KV_HEADROOM) <= room]
+            if fit:
+                ks2[u.id] = (k, min(fit, key=lambda md: self.step_s(view, u, k, md)))
+                break
+        viol = self._cost(view, ks2, keep)[0]
+        step = sum(self.step_s(view, b, *ks2[b.id]) for b in keep)
+        wait = u.max_new_tokens / max(1, u.running) * step
+        for w in waiting:
+            ttft = self.slo.get(w.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
+            viol += w.slo_weight * max(0.0, w.oldest_wait_s + wait - ttft) / ttft
+        return ks2, waiting, viol
+
+    def on_decision(self, action: Action, ok: bool, view_now: float) -> None:
+        if not ok and action.model in self.learned:
+            self.learned[action.model].last_move = view_now  # do not retry at once
+            self.learned[action.model].last_refused = view_now

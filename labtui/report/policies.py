@@ -1,0 +1,199 @@
+"""Policy comparison: SLO attainment, goodput, latency, pauses and bytes moved per
+scheduling policy, from bundles whose sweep has a ``policy`` axis.
+
+Per run (point x repetition), from its timed events (phase run):
+
+- SLO attainment: the share of requests, weighted by their model's ``slo_weight``,
+  that met both their model's ``slo_ttft_s`` and ``slo_tpot_s`` (a target not given
+  is met); a request that did not finish normally (cancelled, failed) missed;
+- goodput: new tokens of the requests that met their SLOs, per second of the run
+  (first request start to last finish);
+- TTFT and TPOT p50/p95 over every finished request;
+- pause: the total time running requests sat preempted (request_finish paused_s;
+  a request waiting for its evicted model's reload shows in its TTFT instead);
+- bytes moved: every layer_move (weights and KV, both directions).
+
+Per policy: mean and a 95% confidence interval over repetitions (Student's t).
+SLOs are read from the bundle's scenario.toml ([[models]] entries).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tomllib
+from collections import defaultdict
+from typing import Any
+
+from labtui.scenario.stats import percentile
+
+# Student's t, two-sided 95%, by degrees of freedom: a table, not scipy (one lookup,
+# no new dependency).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+        10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+METRICS = ("attainment", "goodput_tok_s", "ttft_p50", "ttft_p95", "tpot_p50", "tpot_p95", "pause_s", "moved_mib")
+BASELINES = ("ollama", "llamacpp-router", "static-split")
+
+
+def _t95(df: int) -> float:
+    keys = sorted(k for k in _T95 if k <= df)
+    return _T95[keys[-1]] if keys else float("nan")
+
+
+def mean_ci(xs: list[float]) -> dict[str, Any]:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    if not xs:
+        return {"mean": None, "ci": None, "n": 0}
+    m = statistics.fmean(xs)
+    ci = _t95(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
+    return {"mean": m, "ci": ci, "n": len(xs)}
+
+
+def slos_of(scenario_text: str | None) -> dict[str, dict]:
+    """model id -> {ttft, tpot, weight} from a scenario's [[models]]."""
+    if not scenario_text:
+        return {}
+    try:
+        data = tomllib.loads(scenario_text)
+    except tomllib.TOMLDecodeError:
+        return {}
+    out = {}
+    for m in data.get("models", []):
+        mid = m.get("id") or str(m.get("source", "")).removeprefix("zoo:").rsplit("/", 1)[-1]
+        out[mid] = {"ttft": m.get("slo_ttft_s"), "tpot": m.get("slo_tpot_s"), "weight": m.get("slo_weight", 1.0)}
+    return out
+
+
+def run_metrics(events: list[dict], slos: dict[str, dict]) -> dict[str, Any]:
+    """The comparison's numbers for one run's events."""
+    timed = [e for e in events if e.get("phase") in ("run", None)]
+    fin = [e for e in timed if e.get("kind") == "request_finish"]
+    starts = [e["t"] for e in timed if e.get("kind") == "request_start"]
+    w_all = w_met = 0.0
+    good_tokens = 0
+    for e in fin:
+        s = slos.get(e.get("model"), {})
+        w = float(s.get("weight") or 1.0)
+        w_all += w
+        normal = e.get("reason") in ("eos", "length")
+        ttft, tpot = e.get("ttft_s"), e.get("tpot_s")
+        ok = normal and (s.get("ttft") is None or (ttft is not None and ttft <= s["ttft"])) \
+            and (s.get("tpot") is None or tpot is None or tpot <= s["tpot"])
+        if ok:
+            w_met += w
+            good_tokens += int(e.get("new_tokens") or 0)
+    span = (max(e["t"] for e in fin) - min(starts)) if fin and starts else 0.0
+    ttfts = [e["ttft_s"] for e in fin if e.get("ttft_s") is not None]
+    tpots = [e["tpot_s"] for e in fin if e.get("tpot_s")]
+    return {
+        "requests": len(fin),
+        "attainment": w_met / w_all if w_all else None,
+        "goodput_tok_s": good_tokens / span if span > 0 else None,
+        "ttft_p50": percentile(ttfts, 0.5), "ttft_p95": percentile(ttfts, 0.95),
+        "tpot_p50": percentile(tpots, 0.5), "tpot_p95": percentile(tpots, 0.95),
+        "pause_s": sum(float(e.get("paused_s") or 0.0) for e in fin),
+        "moved_mib": sum(int(e.get("bytes") or 0) for e in timed if e.get("kind") == "layer_move") / 2**20,
+        "decisions": sum(1 for e in timed if e.get("kind") == "policy_decision"),
+    }
+
+
+def by_policy(bundle: Any) -> dict[str, dict[str, dict]]:
+    """policy -> metric -> mean/ci/n over the bundle's runs (only runs with a policy value)."""
+    slos = slos_of(getattr(bundle, "scenario_text", None))
+    per_run: dict[tuple, list[dict]] = defaultdict(list)
+    policy_of: dict[tuple, str] = {}
+    for e in bundle.events:
+        k = (e.get("point", 0), e.get("rep", 0))
+        if e.get("kind") == "point_start":
+            pol = (e.get("values") or {}).get("policy")
+            if pol is not None:
+                policy_of[k] = pol
+        else:
+            per_run[k].append(e)
+    acc: dict[str, list[dict]] = defaultdict(list)
+    for k, pol in policy_of.items():
+        acc[pol].append(run_metrics(per_run.get(k, []), slos))
+    return {pol: {m: mean_ci([r[m] for r in runs]) for m in (*METRICS, "requests", "decisions")}
+            for pol, runs in acc.items()}
+
+
+def _cell(d: dict, digits: int = 2, scale: float = 1.0) -> str:
+    if d["mean"] is None:
+        return ""
+    s = f"{d['mean'] * scale:.{digits}f}"
+    if d["ci"] is not None:
+        s += f" ± {d['ci'] * scale:.{digits}f}"
+    return s
+
+
+def verdict(table: dict[str, dict]) -> str:
+    """Planner SLO attainment against the best baseline, in words."""
+    if "planner" not in table:
+        return ""
+    base = {p: table[p]["attainment"]["mean"] for p in BASELINES if p in table and table[p]["attainment"]["mean"] is not None}
+    pl = table["planner"]["attainment"]["mean"]
+    if not base or pl is None:
+        return ""
+    best = max(base, key=base.get)
+    b = base[best]
+    ratio = pl / b if b > 0 else float("inf")
+    return (f"planner SLO attainment {pl:.2f} against the best baseline ({best}) {b:.2f}: "
+            f"{'x' + format(ratio, '.2f') if math.isfinite(ratio) else 'best baseline met none'}")
+
+
+def section(bundles: list[Any], cols: list[str]) -> str | None:
+    """Markdown for the report (None when no bundle swept the policy axis)."""
+    from labtui.report.markdown import table as md_table
+
+    parts = []
+    for col, b in zip(cols, bundles, strict=True):
+        t = by_policy(b)
+        if not t:
+            continue
+        rows = []
+        for pol, d in sorted(t.items(), key=lambda kv: -(kv[1]["attainment"]["mean"] or -1)):
+            rows.append([pol, d["attainment"]["n"], _cell(d["attainment"]), _cell(d["goodput_tok_s"], 1),
+                         _cell(d["ttft_p50"], 0, 1e3), _cell(d["ttft_p95"], 0, 1e3), _cell(d["tpot_p50"], 0, 1e3),
+                         _cell(d["tpot_p95"], 0, 1e3), _cell(d["pause_s"], 2), _cell(d["moved_mib"], 0),
+                         _cell(d["requests"], 0)])
+        parts.append(f"### {col}\n\n" + md_table(
+            ["policy", "runs", "SLO attainment", "goodput tok/s", "TTFT p50 ms", "TTFT p95 ms", "TPOT p50 ms",
+             "TPOT p95 ms", "pause s", "moved MiB", "requests"], rows))
+        v = verdict(t)
+        if v:
+            parts.append(v + ".")
+    if not parts:
+        return None
+    return ("Mean ± 95% confidence interval over repetitions (Student's t; blank without "
+            "repetitions). SLO attainment: share of requests (weighted by slo_weight) meeting "
+            "their model's TTFT and TPOT targets. See labtui/report/policies.py.\n\n" + "\n\n".join(parts))
+
+
+def figure(bundles: list[Any], cols: list[str], out: Any) -> str | None:
+    """SLO attainment per policy, one group of bars per bundle (workload), with the
+    95% confidence interval as error bars. Returns the file stem, or None."""
+    tables = [(c, by_policy(b)) for c, b in zip(cols, bundles, strict=True)]
+    tables = [(c, t) for c, t in tables if t]
+    if not tables:
+        return None
+    from labtui.report.plots import _save, plt
+
+    pols = sorted({p for _, t in tables for p in t}, key=lambda p: (p == "planner", p))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(tables) * len(pols) / 3), 3.8))
+    width = 0.8 / len(pols)
+    for j, pol in enumerate(pols):
+        xs, ys, es = [], [], []
+        for i, (_, t) in enumerate(tables):
+            d = t.get(pol, {}).get("attainment")
+            if d and d["mean"] is not None:
+                xs.append(i + (j - (len(pols) - 1) / 2) * width)
+                ys.append(d["mean"])
+                es.append(d["ci"] or 0.0)
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=pol,
+               color="#c44e52" if pol == "planner" else None)
+    ax.set_xticks(range(len(tables)), [c.removeprefix("bench-") for c, _ in tables])
+    ax.set_ylabel("SLO attainment")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncol=min(4, len(pols)))
+    ax.set_title("Requests meeting their model's TTFT and TPOT targets, by policy")
+    return _save(fig, out, "policies")

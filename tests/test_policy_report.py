@@ -1,0 +1,51 @@
+"""The policy comparison's numbers and the sweep's policy axis."""
+
+from __future__ import annotations
+
+from labtui.report.policies import mean_ci, run_metrics, slos_of, verdict
+from labtui.scenario.schema import parse_scenario
+from labtui.scenario.sweep import expand
+
+SCN = """
+[device]
+kind = "sim"
+[[models]]
+id = "a"
+source = "zoo:llama-5m"
+slo_ttft_s = 1.0
+slo_tpot_s = 0.1
+slo_weight = 3.0
+[[models]]
+id = "b"
+source = "zoo:qwen3-10m"
+[sweep]
+policy = ["ollama", "planner"]
+"""
+
+
+def test_policy_is_a_sweep_axis():
+    pts = expand(parse_scenario(SCN))
+    assert [p.scenario.lab.policy for p in pts] == ["ollama", "planner"]
+    assert pts[0].scenario.models[0].slo_tpot_s == 0.1 and pts[0].scenario.models[0].slo_weight == 3.0
+
+
+def test_attainment_is_weighted_and_goodput_counts_met_requests_only():
+    slos = slos_of(SCN)
+    ev = [
+        {"kind": "request_start", "t": 0.0, "phase": "run"},
+        {"kind": "request_finish", "t": 1.0, "phase": "run", "model": "a", "ttft_s": 0.5, "tpot_s": 0.05,
+         "new_tokens": 10, "reason": "length", "paused_s": 0.0},
+        {"kind": "request_finish", "t": 2.0, "phase": "run", "model": "a", "ttft_s": 1.5, "tpot_s": 0.05,
+         "new_tokens": 10, "reason": "length", "paused_s": 0.25},
+        {"kind": "request_finish", "t": 2.0, "phase": "run", "model": "b", "ttft_s": 9.0, "tpot_s": 1.0,
+         "new_tokens": 4, "reason": "eos", "paused_s": 0.0},  # no SLO: met
+        {"kind": "layer_move", "t": 1.5, "phase": "run", "bytes": 2**20},
+    ]
+    m = run_metrics(ev, slos)
+    assert m["attainment"] == (3 + 1) / (3 + 3 + 1)
+    assert m["goodput_tok_s"] == (10 + 4) / 2.0
+    assert m["pause_s"] == 0.25 and m["moved_mib"] == 1.0
+    ci = mean_ci([1.0, 2.0, 3.0])
+    assert ci["mean"] == 2.0 and 2.4 < ci["ci"] < 2.5
+    t = {"ollama": {"attainment": {"mean": 0.4}}, "planner": {"attainment": {"mean": 0.8}}}
+    assert "x2.00" in verdict(t)
