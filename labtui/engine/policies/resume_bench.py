@@ -12,7 +12,7 @@ pipelined / sequential, median over repetitions, same model, link and storage.
 Two profiles, both on sim:
 
 - ``sim``: the lab's default sim device (pcie4-x16 link at 25 GB/s, host 4x slower);
-- ``study``: the study's proportions (PAPER.md hardware: 8B FP16 weights over PCIe 4.0
+- ``study``: the study's proportions (the study's hardware, docs/profiles.md: 8B FP16 weights over PCIe 4.0
   x16 take ~23x one decode step on the RTX A6000; host memory 204.8 GB/s vs the GPU's
   768 GB/s, so a host-executed block is ~3.8x slower). The link is paced so that
   moving this model's weights takes 23x its measured resident decode step.
