@@ -174,6 +174,10 @@ def _fmt_bytes(n: int) -> str:
     return "?" if not n else f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
+# short dtype names keep the table within 80 columns (--json has the full names)
+_SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+
+
 def cli_models(args) -> int:
     """`labtui models [--memory-gib G] [--json]`."""
     from rich import box
@@ -200,11 +204,11 @@ def cli_models(args) -> int:
     # the source is what you type: never cut it, squeeze the other columns instead
     table.add_column("source", no_wrap=True, min_width=max((len(r["source"]) for r in rows), default=6))
     for col in ("family", "params", "layers", "bytes", "dtype", "on sim", "fits"):
-        table.add_column(col, no_wrap=True,
+        table.add_column(col, no_wrap=True, min_width=len(col),  # headers stay whole at 80 columns
                          justify="right" if col in ("params", "layers", "bytes", "on sim") else "left")
     for r in rows:
         table.add_row(r["source"], r["family"], _fmt_params(r["params"]), str(r["layers"] or "?"),
-                      _fmt_bytes(r["bytes"]), r["dtype"], _fmt_bytes(r["load_bytes"]),
+                      _fmt_bytes(r["bytes"]), _SHORT_DTYPE.get(r["dtype"], r["dtype"]), _fmt_bytes(r["load_bytes"]),
                       "yes" if r["fits"] else "no")
     console.print(table)
     console.print("on sim: bytes once loaded (sim computes in float32); fits: all layers "
