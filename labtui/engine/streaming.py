@@ -120,12 +120,14 @@ class Streaming:
             self._issue_prefetch(i)
             return args, kwargs
         # HOST: activations cross to the host, unless the previous block ran there too.
-        self._host_t0 = time.perf_counter()
         if self._act_on_host:
             args = (args[0],) + tuple(args[1:])
         else:
             args = tuple(self._to_host(a) for a in args)
         kwargs = {k: (v if k in ("cache", "past_key_values") else self._to_host(v, k)) for k, v in kwargs.items()}
+        # timed from here: the slowdown applies to the block's compute, not to the
+        # activations' link time (paced on its own)
+        self._host_t0 = time.perf_counter()
         return args, kwargs
 
     def _post_block(self, i: int, output):
@@ -134,10 +136,12 @@ class Streaming:
             self._give_buf(i)
             return output
         dt = time.perf_counter() - self._host_t0
-        if self.device.simulated and self.device.host_slowdown > 1:
+        # under a hardware profile the target's slowdown for this block size (dilation.py)
+        slow = self.pacing.host_slowdown_factor if self.pacing is not None else self.device.host_slowdown
+        if self.device.simulated and slow > 1:
             # The host is slower than the accelerator by this factor; on sim both are
             # the same CPU, so the difference is waited out.
-            time.sleep(dt * (self.device.host_slowdown - 1))
+            time.sleep(dt * (slow - 1))
         self.host_compute_s += time.perf_counter() - self._host_t0
         nxt_host = i + 1 < self.n_layers and self.placement[i + 1] == HOST
         self._act_on_host = nxt_host
