@@ -79,17 +79,25 @@ def test_two_models_admitting_at_once_never_exceed_the_budget():
     every step used + reserved <= budget, requests that did not fit waited (an
     admission_wait event each) and then completed with the greedy tokens they give
     alone."""
-    with Engine(device="sim", memory_gib=1.0, link=20.0, host_slowdown=1.0) as eng:
+    from labtui.engine import commands as C
+
+    # round_robin steps both models in turn, so both admit at once (with the old
+    # admission this setup went 0.34 MB over the budget in 165 of 720 steps)
+    with Engine(device="sim", memory_gib=1.0, link=20.0, host_slowdown=1.0, policy="round_robin") as eng:
         eng.load("zoo:llama-5m", id="a", max_batch=4)
         eng.load("zoo:llama-5m", id="b", max_batch=4)
         weights = eng.device.used
-        budget = weights + int(2.5 * MiB)  # room for about two long rows, not four
+        budget = weights + int(1.25 * MiB)  # room for one long row at a time, not four
         eng.set_device_options(memory_gib=budget / 1024**3)
         samples = _sample_every_step(eng)
         reqs = _record_requests(eng)
-        for mid in ("a", "b"):
-            eng.launch_workload(mid, kind="closed", concurrency=2, requests=4, prompt_tokens=16,
-                                max_new_tokens=150, seed=3)
+        futs = [  # queued together: applied in the same tick, nothing measured yet
+            eng.submit_command(C.LaunchWorkload(model=mid, kind="closed", concurrency=2, requests=3,
+                                                prompt_tokens=16, max_new_tokens=120, seed=3))
+            for mid in ("a", "b")
+        ]
+        for f in futs:
+            f.result(30)
         assert eng.wait_idle(300)
         eng.check_invariants()
         evs = eng.events_since(0)
@@ -104,7 +112,7 @@ def test_two_models_admitting_at_once_never_exceed_the_budget():
     assert not over, f"{len(over)} steps over the budget, e.g. used {over[0][0]} + reserved {over[0][1]} > {over[0][2]}"
     assert max(u for u, _, _ in samples) <= budget
     assert max(r for _, r, _ in samples) > 0, "nothing was ever reserved"
-    assert len(reqs) == 8 and all(fin[r.id]["reason"] in ("eos", "length") for r in reqs)
+    assert len(reqs) == 6 and all(fin[r.id]["reason"] in ("eos", "length") for r in reqs)
     waited = {e.data["request"] for e in waits}
     assert waited, "no request had to wait: the budget is not tight enough to test anything"
     assert len(waits) == len(waited), "admission_wait must be emitted once per waiting request"

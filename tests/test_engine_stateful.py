@@ -9,7 +9,11 @@ which must be refused).
 
 After every step:
 - ``check_invariants()``: every unit in exactly one place, ledgers equal to the
-  bytes of real tensors, device accounting equal to the ledgers, budget kept;
+  bytes of real tensors, device accounting equal to the ledgers, each model's
+  admission reservation equal to what its admitted requests still need (projected
+  KV + step workspace), nothing negative, used + reserved <= budget. Long
+  generations, several models admitting at once and budgets tightened to just above
+  what is used and reserved make admission reach the limit (requests wait);
 - a refused command (LabError, one line) changed nothing and left a ``refused``
   event; an accepted one did what it says;
 - every finished single request produced exactly the tokens the model gives for
@@ -64,6 +68,9 @@ PROMPTS = (
     "A workstation shares one accelerator among several language models while",
 )
 MAX_NEW = 6
+LONG_NEW = (60, 150)  # long generations: the KV grows until the budget is reached
+REF_NEW = max(LONG_NEW)  # the reference generates this many tokens once per prompt
+NEW = st.one_of(st.integers(1, MAX_NEW), st.sampled_from(LONG_NEW))
 TIE = 1e-4  # logit margin under which batched vs batch-1 rounding may flip a token
 BUDGETS_GIB = (0.01, 0.03, 0.05, 0.08, 0.25)  # weights at full residency: 20, 40, 37 MB
 FRACTIONS = (0.0, 1 / 6, 0.25, 0.5, 2 / 3, 1.0)
@@ -102,7 +109,7 @@ def reference(name: str, prompt_ids: tuple[int, ...]) -> tuple[int, ...]:
     """Greedy tokens of ``name`` for this prompt, alone (batch 1), by transformers."""
     ids = torch.tensor([list(prompt_ids)])
     with torch.inference_mode():
-        out = _hf(name).generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW, do_sample=False)
+        out = _hf(name).generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=REF_NEW, do_sample=False)
     return tuple(out[0, len(prompt_ids) :].tolist())
 
 
@@ -242,11 +249,19 @@ class EngineMachine(RuleBasedStateMachine):
         order=st.permutations(IDS),
         residency=st.tuples(st.sampled_from(FRACTIONS), st.sampled_from(FRACTIONS)),
         offload=st.tuples(st.sampled_from(("stream", "host")), st.sampled_from(("stream", "host"))),
+        tight=st.sampled_from((None, 1.0, 1.5)),
     )
-    def start(self, memory, policy, order, residency, offload):
+    def start(self, memory, policy, order, residency, offload, tight):
         self.eng = Engine(device="sim", memory_gib=memory, link=20.0, host_slowdown=1.0, policy=policy, seed=0)
         for mid, r, o in zip(order[:2], residency, offload, strict=True):
             self.load(mid, r, o, True, 2, 0)
+        if tight is not None:
+            # both models admit long requests at once on a budget just above their
+            # weights: admission reaches the limit (some requests wait) at once
+            self.tighten_budget(tight)
+            for mid in order[:2]:
+                for prompt in PROMPTS[:2]:
+                    self._submit(mid, prompt, LONG_NEW[0])
         return multiple(*order[:2])
 
     # -- rules -------------------------------------------------------------
@@ -345,7 +360,7 @@ class EngineMachine(RuleBasedStateMachine):
         concurrency=st.integers(1, 2),
         requests=st.integers(1, 3),
         prompt_tokens=st.integers(1, 16),
-        max_new_tokens=st.integers(1, MAX_NEW),
+        max_new_tokens=NEW,
         greedy=st.booleans(),
     )
     def launch_workload(self, mid, kind, concurrency, requests, prompt_tokens, max_new_tokens, greedy):
@@ -366,7 +381,7 @@ class EngineMachine(RuleBasedStateMachine):
         if out is not REFUSED:
             self.wl_cancelled.add(wid)
 
-    @rule(mid=MID, prompts=st.lists(st.tuples(st.sampled_from(PROMPTS), st.integers(1, MAX_NEW)), min_size=1, max_size=3))
+    @rule(mid=MID, prompts=st.lists(st.tuples(st.sampled_from(PROMPTS), NEW), min_size=1, max_size=3))
     def submit(self, mid, prompts):
         """Single greedy requests (several at once share the model's batch)."""
         for prompt, n in prompts:
@@ -382,6 +397,7 @@ class EngineMachine(RuleBasedStateMachine):
             # which can preempt the others to make room
             never = "can be free for it" in str(e)
             assert mid not in self._grab()["models"] or (never and self._grab()["policy"] != "priority"), str(e)
+            STATS["refused never-fits"] += never
             return
         entry = (req, mid, NAMES[mid], self.unloads[mid])
         self.singles.append(entry)
@@ -409,6 +425,16 @@ class EngineMachine(RuleBasedStateMachine):
             assert budget == int(memory * 1024**3)
         if host_slowdown is not None:
             assert slow == host_slowdown
+
+    @rule(headroom_mib=st.sampled_from((0.25, 1.0, 2.0)))
+    def tighten_budget(self, headroom_mib):
+        """A budget just above what is used and reserved now: admission must hold it
+        (requests wait) while the KV of admitted ones grows."""
+        dev = self.eng.device
+        want = dev.used + dev.reserved + int(headroom_mib * 1024**2)
+        out, _, after = self._call("tighten_budget", lambda: self.eng.set_device_options(memory_gib=want / 1024**3))
+        if out is not REFUSED:
+            STATS["tightened"] += 1
 
     @rule(seconds=st.sampled_from((0.01, 0.1, 0.3)))
     def let_it_run(self, seconds):
@@ -505,6 +531,7 @@ class EngineMachine(RuleBasedStateMachine):
                     assert d["reason"] in ("eos", "length"), f"{d['request']} of {wid}: reason {d['reason']}"
             assert w["submitted"] == w["total"] or wid in self.wl_cancelled or self.unloads[mid] > unloads_then
         STATS["events"] += len(self.events)
+        STATS["admission_waits"] += sum(e.kind == "admission_wait" for e in self.events)
         STATS["finished_events"] += len(finishes)
         STATS["steps"] += self.steps
         if _profile() is PROFILES["long"] and STATS["examples"] % 20 == 0:  # progress of a long run

@@ -281,7 +281,7 @@ def test_estimate_grows_with_work_and_respects_cancel_and_timeout():
     q = apply_quick(scn)
     full = estimate(expand(scn), repeat_count(scn), 1e9)
     fast = estimate(expand(q), repeat_count(q), 1e9)
-    assert full.runs == 570 and fast.runs == 24 and full.seconds > 5 * fast.seconds > 0
+    assert full.runs == 570 and fast.runs == 36 and full.seconds > 5 * fast.seconds > 0
     assert estimate(expand(scn), repeat_count(scn), 60.0).capped
     tour = load_scenario("tour")  # 400 requests per workload, cancelled at t = 40 s
     t = estimate(expand(tour), 1, 1e9).seconds

@@ -117,7 +117,9 @@ class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._ev_lock = threading.Lock()
         self._seq = 0
-        self._listeners: list[Callable[[Event], None]] = []
+        self._listeners: list[tuple[Callable, bool]] = []  # (fn, takes a list)
+        self._pending_ev: list[Event] = []  # emitted on the worker, not yet fanned out
+        self._fan_lock = threading.RLock()  # one fan-out at a time: listeners see seq order
         self._busy = "idle"
         self._note = ""
         self._errors: deque[str] = deque(maxlen=20)
@@ -163,14 +165,17 @@ class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
             start = max(0, seq + 1 - first)
             return list(itertools.islice(self._events, start, None))
 
-    def add_listener(self, fn: Callable[[Event], None]) -> None:
+    def add_listener(self, fn: Callable, batch: bool = False) -> None:
+        """Call ``fn(event)`` for every event (``fn([event, ...])`` with batch=True), in
+        order. Events of the worker's steps are handed over once per step, after it,
+        so a slow listener (a bundle writer) never sits inside a step; those of a
+        command, before its caller gets the result."""
         with self._ev_lock:
-            self._listeners.append(fn)
+            self._listeners.append((fn, batch))
 
-    def remove_listener(self, fn: Callable[[Event], None]) -> None:
+    def remove_listener(self, fn: Callable) -> None:
         with self._ev_lock:
-            if fn in self._listeners:
-                self._listeners.remove(fn)
+            self._listeners = [(f, b) for f, b in self._listeners if f != fn]
 
     def submit_command(self, cmd: C._Cmd) -> Future:
         """Validate now (LabError on bad input), apply on the worker; returns a Future."""

@@ -7,8 +7,11 @@ Two kinds share one interface:
 - ``sim``: a simulated accelerator for machines without a GPU. Compute runs on
   the CPU; a memory budget is enforced; every host<->accelerator transfer is a
   real copy between separate tensors, paced to the link's bandwidth and latency;
-  blocks executed on the host are slowed by ``host_slowdown``. It never claims to
-  be a GPU: ``simulated`` is True and every label says "simulated".
+  blocks executed on the host are slowed by ``host_slowdown``. Freed accelerator
+  buffers are kept, pre-faulted, for the next buffer of the same size (a caching
+  allocator like torch's, bounded by the free budget, emptied by
+  ``empty_cache``). It never claims to be a GPU: ``simulated`` is True and every
+  label says "simulated".
 
 Budget accounting is explicit on both kinds, so a move that would not fit is
 refused before anything is copied: ``reserve``/``release`` keep ``used`` equal to

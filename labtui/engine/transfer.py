@@ -7,6 +7,15 @@ accelerator buffers from the device (pre-faulted on sim), KV moves allocate and
 touch their destination first. Nothing is allocated and no page is faulted inside
 a timed copy.
 
+Memory: keeping every unit's host buffer for life means host RAM holds all the
+weights, resident or not, as offloading runtimes do with their pinned staging
+copies (pinning on cuda is slow and must not happen per move). The ledger keeps
+both meanings apart: ``host_weights`` is weights whose live copy is on the host
+(what the layer map shows as offloaded), ``host_staging`` the host copies held for
+resident units. A move to the host still copies the weights back over the link
+into that buffer: the lab measures moves, and the buffer is only trusted once a
+copy into it has arrived (so a failed copy never corrupts a live copy).
+
 Pacing on ``sim`` runs in virtual time, per direction (PCIe is full duplex): a copy
 asked for at ``now`` is scheduled at ``start = max(now, busy_until)`` and finishes
 at ``start + latency + bytes / bandwidth``, which becomes the direction's new

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from concurrent.futures import Future
 
@@ -42,6 +43,7 @@ class WorkerLoop:
                 self._emit("error", where="worker", message=one_line(e))
                 did = False
             self._publish()
+            self._fan_out()
             if self._t_fwd1 is not None:  # a step ran: account the scheduler's share
                 st = self.sched_stats
                 st["steps"] += 1
@@ -78,6 +80,7 @@ class WorkerLoop:
         # Commands still queued will never run: their callers get a LabError, not a wait.
         self._fail_queued_commands(emit=True)
         self._publish(force=True)
+        self._fan_out()
 
     def _count(self, requests: int = 0, commands: int = 0) -> None:
         """Submitted-but-unfinished requests and queued-but-unapplied commands, counted
@@ -145,9 +148,13 @@ class WorkerLoop:
         if callable(cmd):  # an internal call that must see a consistent state (tests)
             if fut.set_running_or_notify_cancel():
                 try:
-                    fut.set_result(cmd())
+                    res = cmd()
                 except BaseException as e:
+                    self._fan_out()
                     fut.set_exception(e)
+                else:
+                    self._fan_out()
+                    fut.set_result(res)
             return
         if isinstance(cmd, C.Load):
             self._pending_ids.discard(cmd.id or "")
@@ -155,6 +162,7 @@ class WorkerLoop:
             self._apply_cmd(cmd, fut)
         finally:
             self._count(commands=-1)
+            self._fan_out()
 
     def _apply_cmd(self, cmd, fut: Future) -> None:
         if not fut.set_running_or_notify_cancel():
@@ -166,17 +174,20 @@ class WorkerLoop:
         except LabError as e:
             self._emit("refused", command=cmd.action, reason=one_line(e))
             self._publish(force=True)
+            self._fan_out()
             fut.set_exception(e)
             return
         except Exception as e:
             log.exception("command failed")
             self._emit("error", where=cmd.action, message=one_line(e))
+            self._fan_out()
             fut.set_exception(e)
             return
         self.command_log.append((round(self.now(), 4), cmd))
         self.commands_total += 1
         self._emit("command", **cmd.to_toml_dict())
         self._publish(force=True)  # the caller sees the command's effect at once
+        self._fan_out()
         fut.set_result(result)
 
     def _workload_submit(self, w: Workload, ids: list[int], n: int, seed: int) -> str:
@@ -326,17 +337,32 @@ class WorkerLoop:
             self._workloads_pruned += 1
 
     def _emit(self, _kind: str, **data) -> None:
+        # Cheap on the hot path: a ring append. Listeners get the worker's events
+        # after its step (_fan_out); events from other threads (a refusal in the
+        # caller's thread) are handed over at once, after any still pending.
         with self._ev_lock:
             self._seq += 1
             ev = Event(self._seq, self.now(), _kind, data)
             self._events.append(ev)
-            listeners = list(self._listeners)
-        for fn in listeners:
-            try:
-                fn(ev)
-            except Exception:  # a broken listener must not stop the engine
-                log.exception("event listener failed")
+            if not self._listeners:
+                return
+            self._pending_ev.append(ev)
+        if threading.current_thread() is not self._thread:
+            self._fan_out()
 
+    def _fan_out(self) -> None:
+        with self._fan_lock:
+            with self._ev_lock:
+                if not self._pending_ev:
+                    return
+                batch, self._pending_ev = self._pending_ev, []
+                listeners = list(self._listeners)
+            for fn, batched in listeners:
+                for arg in ([batch] if batched else batch):
+                    try:
+                        fn(arg)
+                    except Exception:  # a broken listener must not stop the engine
+                        log.exception("event listener failed")
 
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
