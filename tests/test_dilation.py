@@ -154,3 +154,21 @@ def test_model_card_says_as_on_profile_emulated():
     assert "emulated" not in state_line(ms)
     line = state_line(replace(ms, profile="study-a6000", dilation=123.4))
     assert line.endswith("· as on study-a6000 (time ×123, emulated)")
+
+
+def test_header_says_as_on_profile_only_under_one():
+    from dataclasses import replace
+
+    from labtui.tui.widgets.header import DeviceBar
+
+    with Engine(device="sim", memory_gib=2) as eng:
+        eng.load("zoo:llama-5m")
+        snap = eng.snapshot()
+    shown = []
+    bar = DeviceBar()
+    bar.update = lambda t, layout=False: shown.append(t.plain)  # not mounted: capture the text
+    bar.get_component_rich_style = lambda name: ""
+    bar.show(snap)
+    assert "as on" not in shown[-1] and "(time dilated, emulated)" not in shown[-1]
+    bar.show(replace(snap, models=(replace(snap.models[0], profile="study-a6000", dilation=200.0),)))
+    assert "as on study-a6000 (time dilated, emulated)" in shown[-1]
