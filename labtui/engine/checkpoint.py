@@ -7,6 +7,7 @@ Mixed into ``HostedModel``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -56,6 +57,7 @@ class Checkpoint:
         from safetensors import safe_open
 
         names = self._checkpoint_names()
+        t0 = time.perf_counter()
         # All or nothing: read into new buffers and commit only once every tensor is
         # read, so a checkpoint damaged since load leaves the model preempted and
         # intact (a later resume, after repair, still works).
@@ -82,3 +84,10 @@ class Checkpoint:
         for u in units:
             u.host_buf, u.kept = bufs[id(u)], {}
             u.bind(u.host_buf)
+        if self.pacing is not None:
+            # The read came from the page cache; under a profile it takes the target's
+            # storage time (fixed + bytes / GB/s, dilated): the difference is slept out.
+            target = self.pacing.reload_s(sum(u.nbytes for u in units))
+            left = target - (time.perf_counter() - t0)
+            if left > 0:
+                time.sleep(left)

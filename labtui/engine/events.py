@@ -3,7 +3,8 @@
 Every event has a sequence number, a time (seconds since engine start), a kind
 and a flat JSON-able payload. Kinds and their payload keys:
 
-- ``load`` / ``unload``: model, source, family, params, n_layers, seconds
+- ``load`` / ``unload``: model, source, family, params, n_layers, seconds (load: also
+  weight_bytes, profile, dilation: None without a hardware profile, dilation.py)
 - ``layer_move``: model, layer, what (weights|kv), direction (h2d|d2h), bytes,
   seconds, gbps, reason (residency|preempt|resume|mode)
 - ``residency``: model, residency, resident_layers (list), mode

@@ -44,6 +44,10 @@ class Handlers:
                 mid, cmd.source, src.path, model, tok, self.device, self.link, self._emit, self._publish_moving,
                 prefetch=cmd.prefetch, prefetch_depth=self.prefetch_depth,
             )
+            if self.device.simulated and self.device.profile is not None:
+                from labtui.engine.dilation import apply_profile
+
+                apply_profile(hm, self.device.profile)  # before placing: all resident compute
             # the policy may place it elsewhere and make room first (policies/driver.py)
             resident, mode = self._policy_load_plan(mid, hm, cmd)
             try:
@@ -65,6 +69,8 @@ class Handlers:
         self._emit(
             "load", model=mid, source=cmd.source, family=hm.family, params=hm.params,
             n_layers=hm.n_layers, weight_bytes=hm.weight_bytes(), seconds=round(time.perf_counter() - t0, 4),
+            profile=hm.pacing.profile if hm.pacing else None,
+            dilation=round(hm.pacing.dilation, 3) if hm.pacing else None,
         )
         return mid
 

@@ -65,7 +65,8 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
-        self.link = link
+        self.link = link  # a LinkView carrying self.pacing once a profile's is set (dilation.py)
+        self.pacing = None  # profiles.Pacing on sim under a hardware profile, else None
         self.emit = emit
         self.publish = publish or (lambda: None)
         self.prefetch = prefetch

@@ -118,6 +118,10 @@ class ModelSnapshot:
     # and the headroom reserved for the admitted requests beyond the ledger.
     waiting_reason: str = ""
     reserved_bytes: int = 0
+    # Time dilation (dilation.py): the hardware profile this model's pacing emulates
+    # and D (this machine's resident step / the target's); None without a profile.
+    profile: str | None = None
+    dilation: float | None = None
 
     @property
     def resident_layers(self) -> int:

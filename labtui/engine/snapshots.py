@@ -85,6 +85,8 @@ class SnapshotBuilder:
                     last_text=ms.last_text, last_preemption=ms.last_preemption,
                     decode_tokens=m.decode_tokens, decode_s=m.decode_s,
                     waiting_reason=ms.waiting_reason, reserved_bytes=hm._hold if hm else 0,
+                    profile=hm.pacing.profile if hm and hm.pacing else None,
+                    dilation=hm.pacing.dilation if hm and hm.pacing else None,
                 )
             )
         wls = tuple(

@@ -120,12 +120,14 @@ class Streaming:
             self._issue_prefetch(i)
             return args, kwargs
         # HOST: activations cross to the host, unless the previous block ran there too.
-        self._host_t0 = time.perf_counter()
         if self._act_on_host:
             args = (args[0],) + tuple(args[1:])
         else:
             args = tuple(self._to_host(a) for a in args)
         kwargs = {k: (v if k in ("cache", "past_key_values") else self._to_host(v, k)) for k, v in kwargs.items()}
+        # timed from here: the slowdown applies to the block's compute, not to the
+        # activations' link time (paced on its own)
+        self._host_t0 = time.perf_counter()
         return args, kwargs
 
     def _post_block(self, i: int, output):
@@ -134,7 +136,16 @@ class Streaming:
             self._give_buf(i)
             return output
         dt = time.perf_counter() - self._host_t0
-        if self.device.simulated and self.device.host_slowdown > 1:
+        if self.device.simulated and self.pacing is not None:
+            # Under a hardware profile the block takes the target's host time, dilated
+            # (bytes / host GB/s + fixed cost, dilation.py), as copies take the link's:
+            # scaling the CPU's own block time instead would miss the per-forward
+            # framework cost outside the blocks that a CPU's resident step carries.
+            p = self.pacing
+            left = self.blocks[i].nbytes / (p.host_gbps * 1e9) + p.host_block_s - dt
+            if left > 0:
+                time.sleep(left)
+        elif self.device.simulated and self.device.host_slowdown > 1:
             # The host is slower than the accelerator by this factor; on sim both are
             # the same CPU, so the difference is waited out.
             time.sleep(dt * (self.device.host_slowdown - 1))

@@ -25,7 +25,10 @@ link's copy thread for prefetch); the caller then sleeps until the finish time
 (``seconds``: from ``start`` until the caller saw the data, so a memcpy or a wake-up
 slower than the link shows) and ``wait_s``, the time the copy queued behind
 earlier copies in its direction. ``Link.pacing`` is the one place the link's
-bandwidth and latency are read.
+bandwidth and latency are read: from the device's LinkSpec, or from a model's
+hardware-profile ``Pacing`` (time dilation, profiles.py) when its copies pass one;
+``LinkView`` is a model's view of the shared link that passes its pacing (the
+schedule stays shared: models still queue behind each other's copies).
 
 On ``cuda`` copies are ``non_blocking`` from pinned memory; asynchronous ones
 (prefetch) run on a side stream and the consumer waits on an event, so prefetch
@@ -147,13 +150,18 @@ class Link:
         self.seconds_waited = {H2D: 0.0, D2H: 0.0}
 
     # -- pacing ----------------------------------------------------------------------
-    def pacing(self, direction: str) -> tuple[float, float]:
+    def pacing(self, direction: str, pacing=None) -> tuple[float, float]:
         """(bytes per second, latency per copy) for ``direction``: the one place the
-        link's parameters are read (a hardware profile sets them on the LinkSpec)."""
+        link's parameters are read. ``pacing`` (a profiles.Pacing) wins over the
+        device's LinkSpec: a model under a hardware profile is paced in its own
+        dilated clock."""
+        if pacing is not None:
+            gbps = pacing.h2d_gbps if direction == H2D else pacing.d2h_gbps
+            return gbps * 1e9, pacing.copy_latency_s
         return self.device.link.pacing(direction)
 
-    def _schedule(self, nbytes: int, direction: str) -> _Slot:
-        bw, lat = self.pacing(direction)
+    def _schedule(self, nbytes: int, direction: str, pacing=None) -> _Slot:
+        bw, lat = self.pacing(direction, pacing)
         with self._sched:
             now = time.perf_counter()
             start = max(now, self._busy_until[direction])
@@ -189,14 +197,14 @@ class Link:
         return torch.empty(src.shape, dtype=src.dtype, pin_memory=True)
 
     # -- synchronous ---------------------------------------------------------
-    def copy(self, src: torch.Tensor, direction: str, out: torch.Tensor | None = None) -> Moved:
+    def copy(self, src: torch.Tensor, direction: str, out: torch.Tensor | None = None, pacing=None) -> Moved:
         """Copy ``src`` across the link into ``out`` (allocated first if None); blocks
         until it has arrived."""
         dev = self.device
         dst = self.empty_like(src, direction) if out is None else out
         nbytes = src.numel() * src.element_size()
         if dev.simulated:
-            slot = self._schedule(nbytes, direction)
+            slot = self._schedule(nbytes, direction, pacing)
             _engine_copy(dst, src)
             return self._arrive(dst, nbytes, slot, direction)
         t0 = time.perf_counter()
@@ -208,7 +216,8 @@ class Link:
         return Moved(dst, nbytes, dt)
 
     # -- asynchronous (prefetch) -------------------------------------------------
-    def copy_async(self, src: torch.Tensor, direction: str = H2D, out: torch.Tensor | None = None) -> Pending:
+    def copy_async(self, src: torch.Tensor, direction: str = H2D, out: torch.Tensor | None = None,
+                   pacing=None) -> Pending:
         dev = self.device
         dst = self.empty_like(src, direction) if out is None else out
         nbytes = src.numel() * src.element_size()
@@ -217,7 +226,7 @@ class Link:
                 # One copy thread, as one copy engine: it only runs the memcpy (which
                 # releases the GIL); the consumer waits for the finish time.
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="labtui-link")
-            slot = self._schedule(nbytes, direction)
+            slot = self._schedule(nbytes, direction, pacing)
             fut = self._pool.submit(_copied, dst, src, nbytes)
             return Pending(future=fut, link=self, slot=slot, direction=direction)
         if self._side_stream is None:
@@ -239,12 +248,42 @@ class Link:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def move_activation(self, t: torch.Tensor, direction: str) -> torch.Tensor:
+    def move_activation(self, t: torch.Tensor, direction: str, pacing=None) -> torch.Tensor:
         """Small tensors that cross when execution changes side (host-mode blocks)."""
         if not self.device.simulated:
             target = self.device.accel if direction == H2D else self.device.host
             return t.to(target, non_blocking=False)
-        return self.copy(t, direction).tensor
+        return self.copy(t, direction, pacing=pacing).tensor
+
+    def view(self, pacing) -> Link | LinkView:
+        """This link as one model sees it: paced by ``pacing`` (None: the link itself)."""
+        return self if pacing is None else LinkView(self, pacing)
+
+
+class LinkView:
+    """The shared link with one model's ``Pacing`` passed into every copy it makes;
+    everything else (schedule, counters, destinations) is the shared link's."""
+
+    def __init__(self, link: Link, pacing):
+        self.base, self.pacing_of_model = link, pacing
+
+    def copy(self, src, direction, out=None):
+        return self.base.copy(src, direction, out=out, pacing=self.pacing_of_model)
+
+    def copy_async(self, src, direction=H2D, out=None):
+        return self.base.copy_async(src, direction, out=out, pacing=self.pacing_of_model)
+
+    def move_activation(self, t, direction):
+        return self.base.move_activation(t, direction, pacing=self.pacing_of_model)
+
+    def pacing(self, direction, pacing=None):
+        return self.base.pacing(direction, pacing or self.pacing_of_model)
+
+    def view(self, pacing):
+        return self.base.view(pacing)
+
+    def __getattr__(self, name):  # empty_like, busy_until, counters, close
+        return getattr(self.base, name)
 
 
 def _copied(dst: torch.Tensor, src: torch.Tensor, nbytes: int) -> tuple[torch.Tensor, int]:

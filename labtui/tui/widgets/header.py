@@ -59,12 +59,19 @@ class DeviceBar(Static):
         t.append(" ")
         dev = device_line(d)
         extra = f" · host ×{d.host_slowdown:g}" if d.simulated else ""
+        profiles = sorted({m.profile for m in snap.models if m.profile})
+        emulated = d.simulated and bool(profiles)
+        if emulated:  # paced by a hardware profile (engine/dilation.py)
+            extra = f" · as on {', '.join(profiles)} (time dilated, emulated)"
         style = self.get_component_rich_style(
             "devicebar--sim" if d.simulated else "devicebar--device"
         )
         room = width - 9
         if len(dev) + len(extra) <= room:
             t.append(dev, style)
+            t.append(extra, dim)
+        elif emulated and room - len(extra) >= 12:  # the profile is never the part cut
+            t.append(ellipsize(dev, room - len(extra)), style)
             t.append(extra, dim)
         else:
             t.append(ellipsize(dev, room), style)

@@ -59,6 +59,9 @@ def state_line(ms: ModelSnapshot) -> str:
     where = ms.paused_where
     if where is not None:
         sub += f": {WEIGHTS_AT.get(where[0], where[0])}, {KV_AT.get(where[1], where[1])}"
+    if ms.profile and ms.dilation:
+        # sim paced in a hardware profile's ratios (engine/dilation.py): never real timings
+        sub += f" · as on {ms.profile} (time ×{ms.dilation:.0f}, emulated)"
     return sub
 
 
