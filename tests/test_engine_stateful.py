@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 from collections import Counter
 
@@ -392,11 +393,11 @@ class EngineMachine(RuleBasedStateMachine):
             req = self.eng.submit(mid, prompt, max_new_tokens=n)
         except LabError as e:
             assert "\n" not in str(e)
-            # refused: no such model, or a request that could never be admitted
-            # (it says what it needs and what can be free); never under priority,
-            # which can preempt the others to make room
-            never = "can be free for it" in str(e)
-            assert mid not in self._grab()["models"] or (never and self._grab()["policy"] != "priority"), str(e)
+            # refused: no such model, or a request that could never be admitted: it
+            # says what it needs and the most that can be free, and the first is larger
+            m = re.search(r"needs ([\d.]+ \w+) on the accelerator .* at most ([\d.]+ \w+) of", str(e))
+            never = m is not None and _bytes(m.group(1)) > _bytes(m.group(2))
+            assert mid not in self._grab()["models"] or never, str(e)
             STATS["refused never-fits"] += never
             return
         entry = (req, mid, NAMES[mid], self.unloads[mid])
@@ -627,3 +628,9 @@ def test_prefetch_that_does_not_fit_is_refused():
         eng.set_prefetch("g", True)  # fits now
         eng.check_invariants()
         assert eng.snapshot().model("g").prefetch is True
+
+
+def _bytes(text: str) -> float:
+    """'27.6 MiB' -> bytes (as fmt_bytes writes them)."""
+    num, unit = text.split()
+    return float(num) * {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}[unit]

@@ -82,8 +82,9 @@ class Admission:
         return (
             f"a request of {prompt_tokens}+{max_new_tokens} tokens for {ms.id} needs {fmt_bytes(need)} on the "
             f"accelerator ({fmt_bytes(base)} weights and buffers, {fmt_bytes(kv_ws)} KV and step workspace) but at "
-            f"most {fmt_bytes(max(0, avail))} of the {fmt_bytes(budget)} budget can be free for it (other models' "
-            "weights hold the rest); lower max_new_tokens or the prompt, lower a residency, or raise the budget"
+            f"most {fmt_bytes(max(0, avail))} of the {fmt_bytes(budget)} budget can be free for it"
+            + (" (other models' weights hold the rest)" if others else "")
+            + "; lower max_new_tokens or the prompt, lower a residency, or raise the budget"
         )
 
     def _note_wait(self, ms: ModelState, req: Request | None, need: int | None) -> None:
