@@ -153,8 +153,8 @@ def test_single_run_is_a_time_series(tmp_path):
     from labtui.scenario.runner import run_file
 
     one = ('[lab]\nname = "one"\ntimeout_s = 60\n[device]\nkind = "sim"\nmemory_gib = 1\n'
-           '[[models]]\nid = "A"\nsource = "zoo:llama-5m"\n[[workloads]]\nmodel = "A"\nrequests = 1\n'
-           'prompt_tokens = 8\nmax_new_tokens = 40\n')
+           '[[models]]\nid = "A"\nsource = "zoo:llama-5m"\n[[workloads]]\nmodel = "A"\nrequests = 3\n'
+           'prompt_tokens = 8\nmax_new_tokens = 120\n')
     res = run_file(write_tiny(tmp_path, one), out=tmp_path / "b", progress=False)
     out = build_report([str(res.path)], tmp_path / "rep")
     assert (out / "timeseries.png").exists() and "## Over time" in (out / "report.md").read_text()
