@@ -172,3 +172,19 @@ def test_header_says_as_on_profile_only_under_one():
     assert "as on" not in shown[-1] and "(time dilated, emulated)" not in shown[-1]
     bar.show(replace(snap, models=(replace(snap.models[0], profile="study-a6000", dilation=200.0),)))
     assert "as on study-a6000 (time dilated, emulated)" in shown[-1]
+
+
+def test_disk_reload_with_the_builtin_fixed_cost_is_paced_at_a_capped_dilation():
+    # the built-in 1.8 s per load at D ~ 100 would be minutes: capped at x1 the
+    # reload takes the target's own storage time, 1.8 s + bytes / 7.2 GB/s
+    prof = get_profile("study-a6000").capped(1)
+    with Engine(device="sim", memory_gib=2, profile=prof) as eng:
+        mid = eng.load("zoo:llama-5m")
+        hm = eng._models[mid].hm
+        assert hm.pacing.dilation == 1 and hm.pacing.measured_dilation > 1
+        eng.generate(mid, PROMPT, max_new_tokens=2)
+        eng.preempt(mid, kv="drop", weights="disk")
+        rep = eng.resume(mid)
+        want = 1.8 + hm.weight_bytes() / 7.2e9
+        print(f"llama-5m disk reload at cap 1: {rep.reload_s:.3f} s, target {want:.3f} s")
+        assert want <= rep.reload_s <= want * 1.25

@@ -185,3 +185,50 @@ def test_a_run_under_a_profile_records_it_and_the_report_predicts_the_target(tmp
     assert zero["predicted_norm"] == pytest.approx((w / (576 * GB)) / step)
     assert zero["predicted_norm"] < 0.2  # on the target, streaming every block is link-bound
     assert zero["dilation"] > 1  # this CPU is slower than the GPU it stands for
+
+
+def test_dilation_cap_keeps_the_paced_ratios_and_says_how_far_compute_is_off():
+    prof = get_profile("study-a6000").capped(10)
+    w, n = 200e6, 8
+    step = 500 * prof.resident_step_s(w)  # D = 500 measured here
+    pace = prof.pacing_for(step, w, n_layers=n)
+    assert pace.dilation == 10 and pace.measured_dilation == pytest.approx(500)
+    tgt = get_profile("study-a6000").physics
+    # every paced term x10: their ratios to each other are the profile's ...
+    assert pace.reload_s(w) / pace.kv_copy_s(1e6, n, "d2h") == pytest.approx(
+        tgt.reload_s(w) / tgt.kv_copy_s(1e6, n, "d2h"))
+    assert pace.copy_s(w, n, "h2d") / pace.copy_s(w, n, "d2h") == pytest.approx(
+        tgt.copy_s(w, n, "h2d") / tgt.copy_s(w, n, "d2h"))
+    # ... and against this machine's compute they are D / cap = 50x too fast
+    assert (pace.copy_s(w, n) / step) / (tgt.copy_s(w, n) / tgt.resident_step_s(w)) == pytest.approx(10 / 500)
+    # no cap, or a cap above D: the measured D
+    assert get_profile("study-a6000").capped(None).pacing_for(step, w).dilation == pytest.approx(500)
+    assert prof.capped(1000).pacing_for(step, w).dilation == pytest.approx(500)
+
+
+def test_dilation_cap_validates_in_a_profile_file_and_a_scenario(tmp_path):
+    f = tmp_path / "cap.toml"
+    f.write_text('[profiles.x]\nbased_on = "study-a6000"\nmax_dilation = 0.5\n')
+    with pytest.raises(LabError) as e:
+        read_profiles(f)
+    assert "\n" not in str(e.value) and "profiles.x.max_dilation: got 0.5" in str(e.value)
+    scn = parse_scenario('[device]\nkind = "sim"\nprofile = "study-a6000"\nmax_dilation = 10\n'
+                         '[[models]]\nsource = "zoo:llama-5m"\n')
+    p = scn.device.engine_kwargs()["profile"]
+    assert isinstance(p, Profile) and p.name == "study-a6000" and p.max_dilation == 10
+    with pytest.raises(LabError) as e:
+        parse_scenario('[device]\nkind = "sim"\nmax_dilation = 0\n[[models]]\nsource = "zoo:llama-5m"\n', "s.toml")
+    assert "\n" not in str(e.value) and "device.max_dilation" in str(e.value)
+
+
+def test_study_totals_calibrate_on_two_and_predict_four():
+    from labtui.report.costmodel import study_totals
+
+    rows = study_totals()
+    assert len(rows) == 6 and sum(r["calibration"] for r in rows) == 2
+    for r in rows:
+        if r["calibration"]:
+            assert r["predicted_s"] == pytest.approx(r["study_s"])
+    a6000 = [r for r in rows if r["gpu"] == "study-a6000"]
+    # one storage for the shared host: the A6000 machine reloaded faster than it explains
+    assert all(r["error"] > 0.1 for r in a6000)

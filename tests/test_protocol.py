@@ -93,11 +93,42 @@ def test_runner_repeats_until_the_ci_is_narrow_or_the_cap(tmp_path, width, runs)
     res = run_scenario(scn, out=tmp_path / "b", progress=False)
     s = res.summary
     assert s["runs_done"] == runs and s["protocol"]["max_repeat"] == 3
-    # rounds: every point once before any point's next repetition
+    # rounds: every point once before any point's next repetition; serpentine
+    # (forward, then backward) so that no point is always measured last
     order = [(r["point"], r["rep"]) for r in s["runs"]]
-    assert order[:4] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert order[:4] == [(0, 0), (1, 0), (1, 1), (0, 1)]
     for p in s["points"]:
         d = p["models"]["A"]["decode_tok_s"]
         assert d["ci_lo"] <= d["median"] <= d["ci_hi"]
     env = json.loads((res.path / "env.json").read_text())
     assert env["threads"]["torch_num_threads"] >= 1 and "OMP_NUM_THREADS" in env["threads"]["env"]
+
+
+def test_quick_keeps_rep_seconds_only_when_given():
+    from labtui.scenario.sweep import rep_seconds
+
+    scn = parse_scenario('[[models]]\nid = "A"\nsource = "zoo:llama-5m"\n[sweep]\nresidency = [1.0]\n'
+                         'rep_seconds = 2\n[quick]\nsweep = { repeat = 1 }\n')
+    assert rep_seconds(scn) == 2.0 and rep_seconds(apply_quick(scn)) == 0.0
+    scn = parse_scenario('[[models]]\nid = "A"\nsource = "zoo:llama-5m"\n[sweep]\nresidency = [1.0]\n'
+                         '[quick]\nsweep = { rep_seconds = 0.5 }\n')
+    assert rep_seconds(apply_quick(scn)) == 0.5
+    with pytest.raises(LabError, match="sweep.rep_seconds"):
+        parse_scenario('[[models]]\nsource = "zoo:llama-5m"\n[sweep]\nrep_seconds = -1\n')
+
+
+def test_rep_seconds_lengthens_a_fast_point_from_its_warm_up(tmp_path):
+    base = TWO.format(w=1.0).replace("residency = [0.5, 1.0]", "residency = [1.0]").replace(
+        "max_repeat = 3", "max_repeat = 2").replace("max_new_tokens = 6", "max_new_tokens = 4")
+    fast = parse_scenario(base + "warmup_tokens = 4\n")
+    long = parse_scenario(base + "warmup_tokens = 4\nrep_seconds = 0.6\n")
+    a = run_scenario(fast, out=tmp_path / "a", progress=False).summary
+    b = run_scenario(long, out=tmp_path / "b", progress=False).summary
+    assert all(r["requests_per_workload"] is None for r in a["runs"])
+    for r in b["runs"]:
+        k = r["requests_per_workload"]
+        assert k is not None and k > 1
+        # the same requests, k times over: the point's tokens grow by k
+        assert r["stats"]["A"]["requests"] == k and r["stats"]["A"]["tokens"] == 4 * k
+        assert r["wall_s"] >= 0.3  # about rep_seconds (estimated from the warm-up)
+    assert b["protocol"]["rep_seconds"] == 0.6

@@ -51,6 +51,12 @@ class Profile(BaseModel):
     copy_latency_us: float = Field(0.0, ge=0, le=1e6)  # fixed cost per copy
     storage_gbps: float = Field(gt=0, le=100_000)  # checkpoint read for weights=disk reloads
     storage_fixed_s: float = Field(0.0, ge=0, le=3600)  # fixed cost per model load
+    # Emulation, not hardware: the most this machine's clock may be dilated. Every
+    # paced term (link, storage, host blocks, their fixed costs) then keeps the
+    # profile's ratios to the others, but they are all D/max_dilation times too
+    # fast against this CPU's compute (docs/profiles.md, "Dilation cap"). None:
+    # no cap, every ratio the profile's (the default).
+    max_dilation: float | None = Field(None, ge=1, le=1e6)
     source: str = ""  # where the figures come from (docs/profiles.md has the long form)
     origin: str = "built-in"  # or the TOML file it was read from
 
@@ -78,22 +84,28 @@ class Profile(BaseModel):
 
         D = resident_step_s / (weight_bytes / accel GB/s). Every time on the target
         is multiplied by D: bandwidths are divided by D, fixed costs multiplied;
-        the host slowdown is a ratio and stays the target's.
+        the host slowdown is a ratio and stays the target's. With ``max_dilation``
+        the clock is dilated by min(D, cap) instead (``measured_dilation`` keeps D).
         """
         if not (resident_step_s > 0 and weight_bytes > 0):
             raise LabError(f"pacing needs a measured step > 0 s and weights > 0 bytes "
                            f"(got {resident_step_s!r} s, {weight_bytes!r} bytes)")
         if block_bytes is None:
             block_bytes = weight_bytes / n_layers if n_layers else weight_bytes
-        d = resident_step_s / self.resident_step_s(weight_bytes)
+        measured = resident_step_s / self.resident_step_s(weight_bytes)
+        d = min(measured, self.max_dilation) if self.max_dilation else measured
         p = self.physics
         return Pacing(
             profile=self.name, accel_gbps=p.accel_gbps / d, host_gbps=p.host_gbps / d,
             host_block_s=p.host_block_s * d, h2d_gbps=p.h2d_gbps / d, d2h_gbps=p.d2h_gbps / d,
             copy_latency_s=p.copy_latency_s * d, storage_gbps=p.storage_gbps / d,
             storage_fixed_s=p.storage_fixed_s * d, dilation=d,
-            host_slowdown_factor=p.host_slowdown(block_bytes),
+            host_slowdown_factor=p.host_slowdown(block_bytes), measured_dilation=measured,
         )
+
+    def capped(self, max_dilation: float | None) -> Profile:
+        """This profile with a dilation cap (a scenario's [device].max_dilation)."""
+        return self if max_dilation is None else self.model_copy(update={"max_dilation": float(max_dilation)})
 
     def row(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -154,6 +166,7 @@ class Pacing(Physics):
 
     profile: str = ""
     host_slowdown_factor: float = 1.0  # the target's, for the measured model's block size
+    measured_dilation: float | None = None  # D before a max_dilation cap (= dilation without one)
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict

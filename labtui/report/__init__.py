@@ -96,7 +96,9 @@ def build_report(bundle_paths: list[str], out: str | Path | None = None) -> Path
                  "streamed blocks as copies of latency + bytes / GB/s fitted to the run's own "
                  "copies (max with compute when prefetching), host-executed blocks from the 0% host "
                  "run; reload with weights=host over the link, with weights=disk fixed + bytes / "
-                 "storage GB/s fitted to the bundle's disk reloads (in-sample)."))
+                 "storage GB/s fitted to the bundle's disk reloads (in-sample). Under a profile "
+                 "(\"profile\" rows) the link, host, storage and per-copy terms are the profile's "
+                 "at the D each model measured at its load: known physics, nothing fitted."))
     series = {c: b.metrics for c, b in zip(cols, bundles, strict=True) if _is_time_series(by_bundle[c])}
     figs.append(("Over time", plots.timeseries_figure(series, out),
                  "Sampled from metrics.csv (tok/s over the last seconds, resident layers); only for "

@@ -36,6 +36,7 @@ class Run:
     resumes: list[dict] = field(default_factory=list)  # resume events (all four phases)
     preempts: list[dict] = field(default_factory=list)
     moves: list[dict] = field(default_factory=list)  # layer_move events
+    loads: list[dict] = field(default_factory=list)  # load events (a profile's dilation D per model)
     ended: bool = False  # a point_end line was written
     cpu_other: float | None = None  # share of the machine's CPU other processes used meanwhile
 
@@ -68,8 +69,16 @@ def runs_of(b: Bundle) -> list[Run]:
         r.resumes = [e for e in evs if e.get("kind") == "resume"]
         r.preempts = [e for e in evs if e.get("kind") == "preempt"]
         r.moves = [e for e in evs if e.get("kind") == "layer_move"]
+        r.loads = [e for e in evs if e.get("kind") == "load"]
         out.append(r)
     return out
+
+
+def dilation_of(run: Run, model: str) -> float | None:
+    """The time dilation D the engine measured for ``model`` at its (last) load in
+    this run, when it ran under a profile; None otherwise."""
+    ds = [e.get("dilation") for e in run.loads if e.get("model") == model and e.get("dilation")]
+    return float(ds[-1]) if ds else None
 
 
 def model_source(run: Run, model: str) -> str:

@@ -217,9 +217,11 @@ def _pct(x: float | None) -> str:
 
 
 def costmodel(preds: list[Prediction], reloads: list[dict]) -> str:
+    from labtui.report.costmodel import point_errors
+
     acc: dict[tuple, list[float]] = defaultdict(list)
-    for p in preds:
-        acc[(p.bundle, p.source, p.mode, "decode per token")].append(p.error)
+    for p in point_errors(preds):  # per sweep point: medians over its repetitions
+        acc[(p.bundle, p.source, p.mode, f"decode per token ({p.how})")].append(p.error)
     for r in reloads:
         if r["measured_s"]:
             acc[(r["bundle"], r["source"], r["weights"], f"{r['phase']} ({r.get('how', 'link')})")].append(
@@ -227,7 +229,7 @@ def costmodel(preds: list[Prediction], reloads: list[dict]) -> str:
     rows = [[b, s, mode, what, len(errs), _pct(statistics.fmean(abs(e) for e in errs)),
              f"{100 * statistics.fmean(errs):+.1f}%", _sign(errs), _pct(max(errs, key=abs))]
             for (b, s, mode, what), errs in sorted(acc.items())]
-    return table(["bundle", "model", "mode / weights", "predicted", "n", "mean abs error",
+    return table(["bundle", "model", "mode / weights", "predicted", "n (points; resumes)", "mean abs error",
                   "mean signed error", "sign", "worst error"], rows)
 
 

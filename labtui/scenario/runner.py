@@ -11,6 +11,8 @@ summary.json written last, also after Ctrl-C or SIGTERM (marked interrupted).
 from __future__ import annotations
 
 import datetime as _dt
+import gc
+import math
 import platform
 import signal
 import sys
@@ -35,9 +37,12 @@ from labtui.scenario.sweep import (
     apply_quick,
     expand,
     protocol,
+    rep_seconds,
     repeat_count,
     warmup_tokens,
 )
+
+REP_SCALE_MAX = 64  # requests per workload at most x this (a bound on a mis-estimate)
 
 __all__ = ["RunResult", "check_line", "cli_run", "play_timeline", "run_file", "run_scenario"]
 
@@ -144,6 +149,7 @@ class _Run:
         self.reps = repeat_count(scn)
         self.protocol = protocol(scn)
         self.warmup = warmup_tokens(scn)
+        self.rep_s = rep_seconds(scn)
         self.state = _RunState()
         self.progress = Progress(f"labtui run {scn.name}", enabled=progress)
         self.engine_factory = engine_factory
@@ -209,8 +215,13 @@ class _Run:
         measured = dict.fromkeys(done, 0.0)
         samples: dict[int, dict[str, list[float]]] = {i: {} for i in done}
         active = list(self.points)
+        rnd = 0
         while active and not self.state.stop:
-            for point in active:
+            # serpentine order (forward, then backward, ...): a slow drift of the
+            # machine (other load, thermals) then biases no point position, e.g.
+            # the last point of a round (residency 100% of the host series) is not
+            # always measured later than the first ones
+            for point in (active if rnd % 2 == 0 else active[::-1]):
                 if self.state.stop:
                     break
                 self.progress.run_started()
@@ -222,6 +233,7 @@ class _Run:
                 for m, st in r["stats"].items():
                     if st.get("decode_tok_s"):
                         samples[point.index].setdefault(m, []).append(st["decode_tok_s"])
+            rnd += 1
             active = [p for p in active
                       if self.protocol.needs_more(samples[p.index], measured[p.index], done[p.index])]
 
@@ -284,19 +296,29 @@ class _Run:
         load_models(scn, eng, lambda: self.state.stop is not None)
         if self.warmup and not self.state.stop:
             self._warm_up(eng, scn, warnings)
+        scn, scaled = self._lengthened(scn)
         snap = eng.snapshot()
         self.phase = "run"
         self._runner_line("point_start", values=point.values, label=point.label(),
                           device=_device_info(snap, eng), models=_models_info(snap), loadavg=loadavg())
         t_point = time.monotonic()
         cpu = CpuShare()
-        played = play_timeline(
-            scn, eng, stop=lambda: self.state.stop is not None,
-            on_error=lambda msg: self.progress.line(msg, "yellow"),
-            load=False, until_idle=True, deadline=self.t0 + self.scn.lab.timeout_s,
-            on_tick=lambda snap: self.progress.update(snap, time.monotonic() - self.t0),
-            on_note=self._note,
-        )
+        # as timeit: no cyclic garbage collection inside the timed phase (a gen-2
+        # collection is tens of ms, a tenth of a short point); collected before
+        gc.collect()
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            played = play_timeline(
+                scn, eng, stop=lambda: self.state.stop is not None,
+                on_error=lambda msg: self.progress.line(msg, "yellow"),
+                load=False, until_idle=True, deadline=self.t0 + self.scn.lab.timeout_s,
+                on_tick=lambda snap: self.progress.update(snap, time.monotonic() - self.t0),
+                on_note=self._note,
+            )
+        finally:
+            if gc_was:
+                gc.enable()
         self.progress.update(eng.snapshot(), time.monotonic() - self.t0)  # the final state
         if played.stopped == "timed_out":
             self._out_of_time(warnings)
@@ -317,13 +339,45 @@ class _Run:
         self._close_engine()
         self.runs.append({
             "point": point.index, "rep": rep, "label": point.label(), "values": point.values,
-            "wall_s": wall, "setup_s": t_point - started, "finished": finished, "cpu_other": cpu_other,
+            "wall_s": wall, "setup_s": t_point - started, "finished": finished, "requests_per_workload": scaled, "cpu_other": cpu_other,
             "stats": run_stats, "engine": engine_summary, "refused": refused, "warnings": warnings,
         })
         self.state.warnings += [f"point {point.index} rep {rep}: {w}" for w in refused + warnings]
         tok = ", ".join(f"{m} {s['decode_tok_s']:.1f} decode tok/s" for m, s in run_stats.items()
                         if s.get("decode_tok_s"))
         self.progress.line(f"  done in {wall:.1f}s{': ' + tok if tok else ''}")
+
+    def _lengthened(self, scn: Scenario) -> tuple[Scenario, int | None]:
+        """The point's scenario with each workload's requests raised so that the
+        timed phase lasts about [sweep].rep_seconds, from the warm-up's speed on
+        this engine (a 32-token point at 180 tok/s is 0.18 s: scheduler jitter and
+        one slow step then move its median by 10-20%). Only steady scenarios
+        (closed workloads, no timeline: the offload and link sweeps): a timeline's
+        pause points are counted in tokens of one request. Returns the scenario and
+        the factor (None: unchanged). More requests of the same length keep the
+        point's KV lengths, so the per-token figure measures the same thing."""
+        if not self.rep_s or scn.timeline or not scn.workloads:
+            return scn, None
+        if any(w.kind != "closed" for w in scn.workloads):
+            return scn, None
+        warm = [e for e in self._timed_events if e.get("phase") == "warmup" and e["kind"] == "request_finish"]
+        per_tok = [(e.get("decode_s") or 0) / (e["new_tokens"] - 1) for e in warm
+                   if e.get("new_tokens", 0) > 1 and e.get("decode_s")]
+        if not per_tok:
+            return scn, None
+        step = max(per_tok)
+        ttft = max((e.get("ttft_s") or 0) for e in warm)
+        data = scn.model_dump(mode="python")
+        factor = 1
+        for w in data["workloads"]:
+            one = ttft + step * max(0, w["max_new_tokens"] - 1)
+            est = one * w["requests"] / max(1, w["concurrency"])
+            k = min(REP_SCALE_MAX, max(1, math.ceil(self.rep_s / est))) if est > 0 else 1
+            w["requests"] *= k
+            factor = max(factor, k)
+        if factor == 1:
+            return scn, None
+        return scn.with_updates(data), factor
 
     def _warm_up(self, eng: Any, scn: Scenario, warnings: list) -> None:
         """One short request per model before timing (a workload, so it is polled:
@@ -411,7 +465,7 @@ class _Run:
             "repeat": self.reps,
             "protocol": {"min_repeat": self.protocol.min_repeat, "max_repeat": self.protocol.max_repeat,
                          "min_seconds": self.protocol.min_seconds,
-                         "ci_rel_width": self.protocol.ci_rel_width},
+                         "ci_rel_width": self.protocol.ci_rel_width, "rep_seconds": self.rep_s},
             "runs_max": len(self.points) * self.protocol.max_repeat,
             "warmup_tokens": self.warmup,
             "axes": self.scn.sweep.axes() if self.scn.sweep else {},

@@ -95,6 +95,9 @@ class DeviceTable(_Strict):
     link: str | float = "pcie4-x16"
     host_slowdown: float = Field(4.0, ge=1.0)
     profile: str | None = None  # a hardware profile for sim (labtui/engine/profiles.py)
+    # cap on the profile's time dilation D (docs/profiles.md, "Dilation cap"): for
+    # scenarios whose paced terms (disk reloads) would take minutes at the full D
+    max_dilation: float | None = Field(None, ge=1, le=1e6)
 
     _link = field_validator("link", mode="before")(classmethod(lambda cls, v: _check_link(v)))
 
@@ -120,6 +123,10 @@ class DeviceTable(_Strict):
             kw["memory_gib"] = self.memory_gib
         if self.profile is not None:
             kw["profile"] = self.profile
+            if self.max_dilation is not None:
+                from labtui.engine.profiles import get_profile
+
+                kw["profile"] = get_profile(self.profile).capped(self.max_dilation)
         return kw
 
 
@@ -201,6 +208,9 @@ class Sweep(_Strict):
     min_seconds: float | None = Field(None, ge=0, le=3600)
     max_repeat: int | None = Field(None, ge=1, le=100)
     ci_rel_width: float | None = Field(None, gt=0, le=1)
+    # each repetition's timed phase lasts at least this: a steady workload's request
+    # count is raised from the warm-up's speed (a 0.2 s repetition is mostly jitter)
+    rep_seconds: float | None = Field(None, ge=0, le=600)
 
     @field_validator("link", mode="before")
     @classmethod

@@ -80,6 +80,10 @@ def protocol(scn: Scenario) -> Protocol:
                     ci_rel_width=sw.ci_rel_width if sw.ci_rel_width is not None else 0.05)
 
 
+def rep_seconds(scn: Scenario) -> float:
+    return (scn.sweep.rep_seconds if scn.sweep and scn.sweep.rep_seconds else 0.0)
+
+
 def warmup_tokens(scn: Scenario) -> int:
     return (scn.sweep.warmup_tokens if scn.sweep and scn.sweep.warmup_tokens else 0)
 
@@ -124,7 +128,7 @@ def apply_quick(scn: Scenario) -> Scenario:
                 d[k] = sorted({min(v, caps[k]) for v in d[k]})
         d["repeat"] = given.get("repeat", 1)
         # the adaptive protocol only where [quick] asks for it: --quick stays short
-        for k in ("max_repeat", "min_seconds", "ci_rel_width"):
+        for k in ("max_repeat", "min_seconds", "ci_rel_width", "rep_seconds"):
             if k in given:
                 d[k] = given[k]
             else:
