@@ -232,3 +232,53 @@ def test_study_totals_calibrate_on_two_and_predict_four():
     a6000 = [r for r in rows if r["gpu"] == "study-a6000"]
     # one storage for the shared host: the A6000 machine reloaded faster than it explains
     assert all(r["error"] > 0.1 for r in a6000)
+
+
+def _run(mode, k, n=6, params=10_000_000, d=100.0, tok_s=10.0, point=0, rep=0):
+    from labtui.report.data import Run
+
+    r = Run("b", point, rep, {"offload": mode, "residency": k / n}, "", {"profile": "study-a6000"},
+            {"m": {"source": "zoo:x", "params": params, "n_layers": n, "resident_layers": k, "mode": mode,
+                   "prefetch": True}})
+    r.stats = {"m": {"decode_tok_s": tok_s}}
+    r.loads = [{"kind": "load", "model": "m", "dilation": d}]
+    return r
+
+
+def test_cost_model_under_a_profile_is_the_profiles_physics_at_the_runs_D():
+    from labtui.report.costmodel import (
+        ACT_D2H_PER_HOST_BLOCK,
+        ACT_D2H_PER_STRETCH,
+        ACT_H2D_PER_STRETCH,
+        _paced,
+        _profile_step,
+    )
+
+    r = _run("stream", 0)
+    p = _paced(r, "m")
+    assert p.dilation == pytest.approx(100) and p.h2d_gbps == pytest.approx(16 / 100)
+    w, n, t_full = 40e6, 6, 0.005
+    b = w / n
+    # stream, several blocks streamed: prefetch overlaps compute and copies
+    assert _profile_step(p, t_full, n, 0, "stream", b, r, "m", True) == pytest.approx(
+        max(t_full, n * p.copy_latency_s + n * b / (p.h2d_gbps * 1e9)))
+    # one block streamed is never prefetched: its copy adds to the compute
+    assert _profile_step(p, t_full, n, n - 1, "stream", b, r, "m", True) == pytest.approx(
+        t_full + p.copy_s(b, 1, "h2d"))
+    # host, all blocks: n paced host blocks + the stretch's activation copies + its cost
+    host_b = b / (p.host_gbps * 1e9) + p.host_block_s
+    acts = (ACT_D2H_PER_STRETCH + ACT_H2D_PER_STRETCH + ACT_D2H_PER_HOST_BLOCK * n) * p.copy_latency_s
+    got = _profile_step(p, t_full, n, 0, "host", b, _run("host", 0), "m", True, 0.002)
+    assert got == pytest.approx(n * host_b + acts + 0.002)
+
+
+def test_cost_model_scores_points_and_calibrates_host_on_its_zero_point():
+    from labtui.report.costmodel import decode_predictions, point_errors
+
+    runs = [_run("host", k, tok_s=s, point=i, rep=j) for i, (k, s) in enumerate([(0, 20.0), (3, 40.0), (6, 200.0)])
+            for j in range(3)]
+    preds = decode_predictions(runs)
+    # the 100% and 0% points are calibration: only the 50% point is predicted
+    assert {p.residency for p in preds} == {0.5} and {p.how for p in preds} == {"profile"}
+    pts = point_errors(preds)
+    assert len(pts) == 1 and pts[0].measured_s == pytest.approx(1 / 40)

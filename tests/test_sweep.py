@@ -135,8 +135,10 @@ def test_quick_table_overrides():
     assert q.sweep.residency == [0.0, 0.2, 0.4, 0.6, 0.8, 0.92, 1.0]
     assert q.sweep.offload == ["stream", "host"] and q.sweep.max_new_tokens == [32]
     # 6 layers: 0.92 rounds to 6 layers like 1.0 and is dropped
-    assert len(expand(q)) == 12 and repeat_count(q) == 3 and warmup_tokens(q) == 16
-    assert protocol(q).max_repeat == 6 and protocol(q).ci_rel_width == 0.03
+    assert len(expand(q)) == 12 and repeat_count(q) == 3 and warmup_tokens(q) == 6
+    assert protocol(q).max_repeat == 5 and protocol(q).ci_rel_width == 0.03
+    # the quick sweep keeps 1-s repetitions and gets the time its protocol needs
+    assert q.sweep.rep_seconds == 1.0 and q.lab.timeout_s == 420
     t = apply_quick(load_scenario("tour"))
     assert t.timeline[-1].at == 20.0  # time_scale 0.5
 

@@ -28,6 +28,21 @@ into the blocks, so with few blocks resident the compute term is too large
 (stream predictions slower than measured when compute-bound); a link fitted on
 one copy size has latency 0, so many small copies are predicted too fast.
 
+Under a hardware profile (runs made with --profile) the physics is known and
+nothing is fitted: the link, host, storage and per-copy terms are the profile's
+at the dilation D each model measured at its load (``_paced``), compute is the
+curve's own 100%-resident step. What a first version missed and this one has:
+the per-copy latency (x D: ~1 ms per copy at D ~ 100), the host stretch's
+activation copies (latency-bound: a quarter of a host step), no prefetch
+overlap when a single block is streamed (the prefetch window is streamed - 1
+blocks), and a per-stretch host cost beyond the paced terms, read from the
+curve's 0% host point (``_host_rest``; that point is then calibration, not
+scored). Errors are scored per sweep point (``point_errors``: medians over its
+repetitions). Sign, under a profile: stream predictions slightly over (slower)
+at 0-67% residency, where the copies dominate (pacing sleeps overshoot very
+little); under (faster) with one streamed block; host mixed around the
+calibrated 0% point.
+
 ``profile_predictions`` applies a hardware profile's physics
 (labtui/engine/profiles.py) to the measured models' sizes: what the target
 would show, predicted, never measured.
