@@ -382,7 +382,8 @@ def profile_predictions(runs: list[Run]) -> list[dict]:
             if k == n:
                 step = res
             elif info.get("mode") == "host":
-                step = phys.host_step_s(res / n, n, n - k, b)
+                # the stretch's activation copies are latency on the target too
+                step = phys.host_step_s(res / n, n, n - k, b) + _host_terms(phys, b, n - k)[1]
             else:
                 step = phys.stream_step_s(res, (n - k) * b, n - k, info.get("prefetch", True))
             here = resident.get((r.bundle, model_source(r, m)))

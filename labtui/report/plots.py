@@ -62,6 +62,16 @@ def setup_label(runs: list[Run]) -> str:
     profs = sorted({str(r.device.get("profile")) for r in runs if r.device.get("profile")})
     parts.append(f"profile {', '.join(profs)} (emulated)" if profs else "no profile: this machine's physics"
                  if d.get("simulated") else "real hardware")
+    if profs and d.get("simulated"):
+        # under a profile the device's link and host slowdown do not apply: the
+        # model's copies and host blocks are paced to the profile at its D
+        from labtui.report.data import dilation_of
+
+        ds = sorted({round(x) for r in runs for m in r.models if (x := dilation_of(r, m))})
+        if ds:
+            parts.append(f"time x{ds[0]:g}-{ds[-1]:g} (D measured per load)" if len(ds) > 1
+                         else f"time x{ds[0]:g}")
+        return " · ".join(parts)
     links = sorted({str(r.device.get("link")) for r in runs if r.device.get("link")})
     gb = sorted({r.device.get("link_gbps") for r in runs if r.device.get("link_gbps")})
     parts.append(f"link {', '.join(links)}" + (f" ({', '.join(f'{g:g}' for g in gb)} GB/s)" if gb else ""))
