@@ -36,8 +36,8 @@ the per-copy latency (x D: ~1 ms per copy at D ~ 100), the host stretch's
 activation copies (latency-bound: a quarter of a host step), no prefetch
 overlap when a single block is streamed (the prefetch window is streamed - 1
 blocks), and a per-stretch host cost beyond the paced terms, read from the
-curve's 0% host point (``_host_rest``; that point is then calibration, not
-scored). Errors are scored per sweep point (``point_errors``: medians over its
+curve's 0% host point and spread over its paced waits (``_host_rest``; that
+point is then calibration, not scored). Errors are scored per sweep point (``point_errors``: medians over its
 repetitions). Sign, under a profile: stream predictions slightly over (slower)
 at 0-67% residency, where the copies dominate (pacing sleeps overshoot very
 little); under (faster) with one streamed block; host mixed around the
@@ -223,17 +223,26 @@ def _host_terms(p, b: float, off: int) -> tuple[float, float]:
     return host_b, copies * p.copy_latency_s
 
 
-def _host_rest(runs: list[Run], t: dict, bb: dict) -> dict[tuple, float]:
-    """Per host-mode curve under a profile: the cost of a host stretch beyond its
-    paced blocks and copies, read from the curve's 0% point (its measured step
-    minus the physics' prediction, median over repetitions).
+def _waits(off: int) -> int:
+    """Paced waits of a host stretch of ``off`` blocks: one per block, one per copy."""
+    if not off:
+        return 0
+    return off + ACT_D2H_PER_STRETCH + ACT_H2D_PER_STRETCH + ACT_D2H_PER_HOST_BLOCK * off
 
-    Why: measured steps came out 4-7 ms longer than the physics at every
-    residency below 100% (qwen3-10m, D ~ 100, loaded machine), about the same with
-    one host block as with six: a per-stretch cost, not a per-block one (hook
-    hand-overs, wake-ups after the paced sleeps of a stretch's 5-10 copies). With
-    the 0% point as its calibration the points in between are predictions, and
-    the 0% point is not scored.
+
+def _host_rest(runs: list[Run], t: dict, bb: dict) -> dict[tuple, float]:
+    """Per host-mode curve under a profile: what a host stretch costs beyond its
+    paced blocks and copies, read from the curve's 0% point (its measured step
+    minus the physics' prediction, median over repetitions), and spread over the
+    stretch's paced waits (``_waits``: 16 for qwen3-10m's 6 host blocks).
+
+    Why: measured host steps came out 4-7 ms (qwen3-10m, D ~ 100-190, loaded
+    machine) longer than the physics: each of a stretch's paced sleeps wakes up
+    late on a busy core and each block's hooks hand over between threads. A cost
+    per wait fitted three bundles' intermediate points within 12%; a constant per
+    stretch over-predicted one block by up to 44%. With the 0% point as its
+    calibration the points in between are predictions, and the 0% point is not
+    scored.
     """
     acc: dict[tuple, list[float]] = defaultdict(list)
     for r in runs:
@@ -260,7 +269,8 @@ def _profile_step(p, t_full: float, n: int, k: int, mode: str, b: float | None, 
     profile's at the run's measured D (``_paced``); compute is this machine's own
     fully resident step ``t_full`` (measured in the same curve), split over the
     blocks by their share of the weights (the rest: embedding, head). In host
-    mode a stretch of host blocks adds ``stretch_s`` (``_host_rest``).
+    mode the stretch's paced waits add ``stretch_s`` (``_host_rest``: the cost of
+    an all-host stretch) pro rata.
     """
     info = r.models.get(m) or {}
     w = float(info["params"]) * 4
@@ -272,7 +282,7 @@ def _profile_step(p, t_full: float, n: int, k: int, mode: str, b: float | None, 
         host_b, acts = _host_terms(p, b, off)
         # a host block takes the target's host time (dilated) unless this CPU's own
         # block compute is longer (streaming.py sleeps the difference out)
-        return rest + k * c_b + off * max(c_b, host_b) + acts + ((stretch_s or 0.0) if off else 0.0)
+        return rest + k * c_b + off * max(c_b, host_b) + acts + (stretch_s or 0.0) * _waits(off) / _waits(n)
     copy = p.copy_s(off * b, off, "h2d")
     # prefetch keeps min(depth - 1, streamed - 1) blocks in flight (streaming.py):
     # one streamed block is never prefetched, so its copy adds to the compute
