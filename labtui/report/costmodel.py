@@ -14,7 +14,8 @@ Decode time per token of a model with k of n decoder blocks resident:
 
 After a preemption: reload with weights=host = (n+1) copies over the link
 (blocks, and the rest as one); with weights=disk = storage fixed cost + bytes /
-storage GB/s; KV in = n copies (one per layer, as the engine moves it) over the link.
+storage GB/s; KV in = 2n copies (keys and values of each layer, as kvcache.py
+moves them) over the link.
 
 The link (B and the per-copy latency) is fitted per run to its own layer_move
 events, seconds = latency + bytes / B (least squares when copies of several
@@ -65,6 +66,7 @@ from labtui.report.data import Run, dilation_of, group_values, model_source, pre
 # tensor argument (position ids) goes down again; the output comes back up once.
 # Each is a copy of a few KiB: latency-bound, and under a profile the latency is
 # dilated by D, so with D ~ 100 these few copies are a quarter of a host step.
+KV_COPIES_PER_LAYER = 2  # kvcache.py copies a layer's keys and values separately
 ACT_D2H_PER_STRETCH = 3
 ACT_D2H_PER_HOST_BLOCK = 1
 ACT_H2D_PER_STRETCH = 1
@@ -317,7 +319,7 @@ def reload_predictions(runs: list[Run]) -> list[dict]:
                 if phase == "reload" and row["weights"] == "disk":
                     pred, how = pace.reload_s(nbytes), "profile storage"
                 else:
-                    copies = n + 1 if phase == "reload" else n
+                    copies = n + 1 if phase == "reload" else KV_COPIES_PER_LAYER * n
                     pred, how = pace.copy_s(nbytes, copies, "h2d"), "profile link"
                 out.append({**row, "phase": phase, "bytes": nbytes, "gbps": pace.h2d_gbps, "how": how,
                             "predicted_s": pred, "measured_s": row[f"{phase}_s"]})
@@ -336,7 +338,7 @@ def reload_predictions(runs: list[Run]) -> list[dict]:
                     continue
                 pred, how = st[0] + nbytes / (st[1] * 1e9), "storage (in-sample fit)"
             else:
-                copies = n + 1 if phase == "reload" else n  # blocks + the rest; one KV copy per layer
+                copies = n + 1 if phase == "reload" else KV_COPIES_PER_LAYER * n  # blocks + the rest; K and V
                 pred = copies * lat + nbytes / (gbps * 1e9)
             out.append({**row, "phase": phase, "bytes": nbytes, "gbps": gbps, "how": how,
                         "predicted_s": pred, "measured_s": row[f"{phase}_s"]})
