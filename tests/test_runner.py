@@ -269,7 +269,7 @@ def test_check_prints_runs_and_an_estimate(capsys):
     assert main(["run", "--check", "offload-sweep"]) == 0
     out = capsys.readouterr().out
     assert "190 point(s) x 3-10 repeat(s) = 570 run(s), about " in out
-    assert "--quick: 12 x 3-6 = 36 run(s), about " in out and "estimate" in out
+    assert "--quick: 12 x 3-5 = 36 run(s), about " in out and "estimate" in out
 
 
 def test_estimate_grows_with_work_and_respects_cancel_and_timeout():
