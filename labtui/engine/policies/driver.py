@@ -181,6 +181,28 @@ class PolicyDriver:
                        residency=len(resident) / hm.n_layers, mode=plan.mode)
         return resident, plan.mode
 
+    # -- pins (SetPin): set live; the next plan's view carries them
+    def _set_pin(self, mid: str, pin: bool, min_residency: float | None) -> dict:
+        st = self._pstate()
+        spec = st["specs"].get(mid)
+        if spec is None:  # loaded before any policy saw it: its pin starts from nothing
+            spec = C.Load(id=mid, source=self._models[mid].source)
+        low = spec.min_residency if min_residency is None else min_residency
+        st["specs"][mid] = spec.model_copy(update={"pin": pin, "min_residency": low})
+        self._emit("pin", model=mid, pin=pin, min_residency=low)
+        self._publish(force=True)
+        return {"pin": pin, "min_residency": low}
+
+    def _pin_of(self, mid: str) -> tuple[bool, float]:
+        """(pinned, min_residency) of a model, for snapshots."""
+        spec = self._pstate()["specs"].get(mid)
+        return (bool(spec.pin), spec.min_residency) if spec is not None else (False, 0.0)
+
+    def _plan_of(self, mid: str):
+        """The planner's current plan row for a model (None under other policies)."""
+        rows = getattr(self.policy, "plan_rows", None)
+        return rows.get(mid) if rows else None
+
     def _policy_forget(self, mid: str) -> None:
         st = self._pstate()
         for k in ("used", "specs", "climbs"):

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 from labtui.engine import commands as C
 from labtui.engine.policies.base import Action, Candidate, LoadPlan, ModelView, Policy, View, evict
+from labtui.engine.snapshot import PlanRow
 
 ACTIVE_S = 1.5  # a model that had work this recently is planned for as active
 MIN_MOVE_BLOCKS = 2
@@ -70,19 +71,6 @@ class _Learned:
     last_move: float = -1e9
     last_refused: float = -1e9
     reports_seen: int = 0
-
-
-@dataclass(frozen=True)
-class PlanRow:
-    """The planner's current plan for one model (the lab shows it)."""
-
-    model: str
-    resident: int
-    n_layers: int
-    mode: str
-    predicted_tok_s: float
-    predicted_tpot_s: float
-    binding: str  # what limits it: "slo met", "budget", "pinned minimum", "idle", "preempted"
 
 
 class Planner(Policy):
