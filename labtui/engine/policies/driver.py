@@ -81,6 +81,7 @@ class PolicyDriver:
         oldest = max((t - r.t_submit for r in ms.queue), default=0.0)
         pending = sum(r.max_new_tokens for r in ms.queue)
         pending += sum(max(0, r.max_new_tokens - len(r.out_ids)) for r in (ms.batch.rows if ms.batch else []))
+        left = max((max(0, r.max_new_tokens - len(r.out_ids)) for r in (ms.batch.rows if ms.batch else [])), default=0)
         rep = ms.preemption
         return ModelView(
             id=ms.id, state=ms.state, n_layers=hm.n_layers, resident=len(hm.resident_set()), mode=hm.mode,
@@ -90,7 +91,7 @@ class PolicyDriver:
             pin=bool(spec and spec.pin), min_residency=spec.min_residency if spec else 0.0,
             slo_ttft_s=spec.slo_ttft_s if spec else None, slo_tpot_s=spec.slo_tpot_s if spec else None,
             slo_weight=spec.slo_weight if spec else 1.0, decode_tokens=ms.metrics.decode_tokens,
-            decode_s=ms.metrics.decode_s, oldest_wait_s=oldest, max_new_tokens=pending,
+            decode_s=ms.metrics.decode_s, oldest_wait_s=oldest, max_new_tokens=pending, running_left=left,
             climbing=ms.id in st["climbs"], reloads=tuple(ms.preemptions), kv_bytes=hm.ledger().accel_kv,
             arrived=ms.metrics.completed + ms.metrics.cancelled + ms.metrics.failed + len(ms.queue) + running,
             block_bytes=max((b.nbytes for b in hm.blocks), default=0),
