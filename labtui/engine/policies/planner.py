@@ -24,12 +24,20 @@ Every ``PLAN_PERIOD_S`` it computes a target placement for every model:
    cheaper; the host is always cheaper when it has room);
 3. the rest of the budget goes block by block to the model whose extra block lowers
    the weighted SLO violation most (predicted TPOT of a model = its step time plus
-   the steps of the other busy models interleaved with it), then raises goodput;
-   offload mode per model: the faster of stream and host at its block count.
+   the steps of the other busy models interleaved with it, times the observed
+   contention), then raises goodput; offload mode per model: the faster of stream
+   and host at its block count; compared with the most urgent model whole and the
+   others filled into the rest;
+4. taking turns (one model served whole, the busy models with only queued
+   requests wait, weights parked on the host) when sharing leaves a busy model
+   offloaded and turns predict no more violation; a turn lasts while the served
+   batch drains, the served model admitting nothing new while a model that has
+   waited longer waits (pick); an idle model left with no block is parked.
 
 Hysteresis: a model is moved only when the target differs by at least
 ``MIN_MOVE_BLOCKS`` blocks (or it must shrink to make room, or it is below its
-minimum), and not within ``DWELL_S`` of its last move. Preempted models with work are
+minimum), and a grow not within its dwell of its last move (20x the move's link
+time, ``MIN_DWELL_S``..``DWELL_S``). Preempted models with work are
 resumed pipelined (decode starts when the embedding and first block are back; the
 residency climbs block by block). Step choice (admission order): a decode step
 whose TPOT deadline (last step + slo_tpot_s) has passed first; else prefills first
