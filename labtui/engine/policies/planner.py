@@ -524,13 +524,13 @@ class Planner(Policy):
 
     def _turn_now(self, view: View) -> str | None:
         """The model served in the current turn, or None when the turn is over: the
-        served model has no running request left, or a waiting model has used more
+        served model has no request left (queued or running), or a waiting model has used more
         than TURN_TTFT_SHARE of its TTFT target."""
         u = self._turn
         if u is None:
             return None
         m = view.models.get(u)
-        over = m is None or m.preempted or not m.running
+        over = m is None or not m.busy
         for w in view.models.values():
             if w.id != u and w.busy and not w.running:
                 ttft = self.slo.get(w.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
@@ -540,13 +540,23 @@ class Planner(Policy):
         return self._turn
 
     def _turns(self, view: View, ks: dict, busy: list[ModelView], budget: int, served: str | None = None):
-        """The plan where one model is served (nearly) whole and the busy models with
-        only queued requests wait: (placements, waiting models, predicted violation,
-        counting the waiting ones' TTFT slipping by the served model's remaining work)."""
-        running = [b for b in busy if b.running]
-        pool = running or busy
-        u = next((b for b in busy if b.id == served), None) or max(
-            pool, key=lambda b: (b.slo_weight, b.oldest_wait_s, b.running, b.id))
+        """The best plan where one model is served (nearly) whole beside the models
+        with running requests, and the other busy models with only queued requests
+        wait: (placements, waiting models, predicted violation, served model). Every
+        busy model is tried as the served one (the current turn's only, while it lasts)."""
+        pool = [b for b in busy if b.id == served] or busy
+        best = None
+        for u in pool:
+            alt = self._turn_for(view, ks, busy, budget, u)
+            if alt is not None and (best is None or alt[2] < best[2]):
+                best = alt
+        return best
+
+    def _turn_for(self, view: View, ks: dict, busy: list[ModelView], budget: int, u: ModelView):
+        """_turns with ``u`` served: its waiting ones' TTFT slip by u's batch's
+        remaining work (and u's own queue by theirs)."""
+        if u.id not in ks:
+            return None
         keep = [b for b in busy if b.running or b.pin or b.id == u.id]
         waiting = [b for b in busy if b not in keep]
         if not waiting:
