@@ -56,6 +56,7 @@ from labtui.engine.snapshot import PlanRow
 
 ACTIVE_S = 1.5  # a model that had work this recently is planned for as active
 MIN_MOVE_BLOCKS = 2
+PIPELINE_STEPS = 3.0  # resume pipelined when the reload takes more than this many resident steps
 TURN_TTFT_SHARE = 0.5  # a turn ends once a waiting model has used this share of its TTFT target
 DWELL_S = 4.0  # the longest a model waits after a move before it grows again
 MIN_DWELL_S = 0.25  # the shortest (moves on a fast link cost milliseconds)
@@ -454,9 +455,15 @@ class Planner(Policy):
                    f"{'meets' if tpot <= slo[1] else 'misses'} its {slo[1] * 1e3:.0f} ms")
             if m.preempted:
                 if m.auto_preempted and m.busy and view.now - self._l(m).last_refused > 0.3:
-                    resumes.append(Action(C.Resume(model=mid, residency=k / m.n_layers, mode=mode, pipelined=True,
+                    # pipelined when the reload costs many decode steps (a slow link: the
+                    # first token comes long before the weights are back); on a link that
+                    # reloads in about a step, the sequential reload is sooner (docs/policies.md)
+                    rel = self.reload_s(view, m, m.parked or "host")
+                    pipe = rel > PIPELINE_STEPS * self.step_s(view, m, m.n_layers, "resident")
+                    how = "pipelined" if pipe else f"sequentially (reload {rel * 1e3:.0f} ms, about a step)"
+                    resumes.append(Action(C.Resume(model=mid, residency=k / m.n_layers, mode=mode, pipelined=pipe,
                                                    start_mode=mode),
-                                          f"{mid} has work: resume pipelined to {k}/{m.n_layers} blocks ({mode}): {why}"))
+                                          f"{mid} has work: resume {how} to {k}/{m.n_layers} blocks ({mode}): {why}"))
                 continue
             if not (must or worth) or (m.climbing and not must):
                 continue
@@ -583,7 +590,9 @@ class Planner(Policy):
             viol += w.slo_weight * max(0.0, w.oldest_wait_s + wait - ttft) / ttft
             work += w.max_new_tokens / max(1, w.queued + w.running) * self.step_s(view, w, w.n_layers, "stream") \
                 * self.contention
-        if u.queued:  # and the served model's own queue waits for their turn
+        if u.queued and any(w.oldest_wait_s > u.oldest_wait_s for w in waiting):
+            # and the served model's own queue waits for their turn (the hold applies
+            # only when a waiting model has waited longer: pick's admission order)
             ttft = self.slo.get(u.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
             viol += u.slo_weight * max(0.0, u.oldest_wait_s + wait + work - ttft) / ttft
         return ks2, waiting, viol, u.id
