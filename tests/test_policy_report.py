@@ -67,9 +67,9 @@ def test_timeline_figure_draws_the_planner_against_the_best_baseline(tmp_path):
              "ttft_s": ttft, "tpot_s": 0.05, "new_tokens": 4, "reason": "length"},
         ]
 
-    b = SimpleNamespace(events=run(0, "ollama", 2.0) + run(1, "static-split", 0.5) + run(2, "planner", 0.5),
+    b = SimpleNamespace(events=run(0, "ollama", 2.0) + run(1, "static-split", 0.5) + run(3, "priority", 0.5) + run(2, "planner", 0.5),
                         scenario_text=SCN)
-    assert set(_run_events(b)) == {"ollama", "static-split", "planner"}
+    assert set(_run_events(b)) == {"ollama", "static-split", "planner", "priority"}
     assert timeline_figure([b], ["hot-cold"], tmp_path) is None  # only a bursty workload gets it
     stem = timeline_figure([b], ["bursty-pair"], tmp_path)
     assert stem == "policy_timeline" and (tmp_path / "policy_timeline.png").stat().st_size > 1000

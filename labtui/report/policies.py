@@ -223,7 +223,7 @@ def timeline_figure(bundles: list[Any], cols: list[str], out: Any) -> str | None
         return None
     col, bundle = pick
     table = by_policy(bundle)
-    base = [p for p in table if p != "planner" and table[p]["attainment"]["mean"] is not None]
+    base = [p for p in BASELINES if p in table and table[p]["attainment"]["mean"] is not None]  # as verdict
     runs = _run_events(bundle)
     if "planner" not in runs or not base:
         return None

@@ -39,7 +39,8 @@ Hysteresis: a model is moved only when the target differs by at least
 minimum), and a grow not within its dwell of its last move (20x the move's link
 time, ``MIN_DWELL_S``..``DWELL_S``). Preempted models with work are
 resumed pipelined (decode starts when the embedding and first block are back; the
-residency climbs block by block). Step choice (admission order): a decode step
+residency climbs block by block) when the reload costs more than ``PIPELINE_STEPS``
+resident steps, else sequentially. Step choice (admission order): a decode step
 whose TPOT deadline (last step + slo_tpot_s) has passed first; else prefills first
 (as vLLM), the one nearest its TTFT deadline (arrival + slo_ttft_s) first; else the
 decode with the least slack; slack divided by the model's slo_weight.
