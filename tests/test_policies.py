@@ -281,3 +281,66 @@ def test_planner_keeps_budget_tokens_and_pins_under_pressure():
             if e.data["model"] == "c":
                 assert len(e.data["resident_layers"]) >= n_c // 2
         assert eng.policy.plan_rows  # the plan the lab shows
+
+
+# ---------------------------------------------------------------- pins set live (SetPin)
+
+
+def test_set_pin_validates_and_is_read_live_by_the_guard():
+    with pytest.raises(LabError, match="min_residency"):
+        C.build("set_pin", model="a", pin=True, min_residency=1.5)
+    with pytest.raises(LabError, match="pin"):
+        C.build("set_pin", model="a")
+    with Engine(device="sim", memory_gib=ONE_5M, link=20.0) as eng:
+        eng.load("zoo:llama-5m", id="a")
+        with pytest.raises(LabError, match="no model 'zz'"):
+            eng.set_pin("zz", True)
+        assert eng.set_pin("a", True, min_residency=0.5) == {"pin": True, "min_residency": 0.5}
+        snap = eng.fresh_snapshot().model("a")
+        assert (snap.pin, snap.min_residency) == (True, 0.5)
+        pol = _Scripted([
+            Action(C.Preempt(model="a", weights="disk"), "evict it"),
+            Action(C.SetResidency(model="a", residency=0.0), "below its minimum"),
+        ])
+        eng.on_worker(lambda: setattr(eng, "policy", pol))
+        assert _wait(lambda: len(pol.told) == 2)
+        assert pol.told == [("preempt", False), ("set_residency", False)]
+        # unpinned (min_residency kept), the same eviction runs
+        eng.set_pin("a", False)
+        assert eng.fresh_snapshot().model("a").pin is False
+        pol2 = _Scripted([Action(C.Preempt(model="a", weights="host"), "evict it now")])
+        eng.on_worker(lambda: setattr(eng, "policy", pol2))
+        assert _wait(lambda: len(pol2.told) == 1)
+        assert pol2.told == [("preempt", True)]
+        assert [e.data["pin"] for e in _events(eng, "pin")] == [True, False]
+        assert [c.action for _, c in eng.command_log].count("set_pin") == 2
+
+
+def test_planner_never_evicts_a_model_pinned_while_serving():
+    """A model pinned by SetPin after it loaded (not by its Load) is never evicted by
+    the planner when another model's burst needs its memory; the snapshot carries
+    the planner's plan for the lab; unpinned, it is evicted for the same burst."""
+    def run(pin: bool) -> list:
+        with Engine(device="sim", memory_gib=ONE_5M, link=20.0, policy="planner") as eng:
+            eng.load("zoo:llama-5m", id="a")
+            eng.load("zoo:llama-5m", id="b")
+            eng.generate("a", [1, 2, 3], max_new_tokens=4, timeout=60)
+            if pin:
+                eng.set_pin("a", True, min_residency=0.5)
+            time.sleep(2.0)  # a idle: its memory is what b's burst can take
+            seq0 = eng.events_since(0)[-1].seq
+            reqs = [eng.submit("b", [3, 1, 4, 1], max_new_tokens=12) for _ in range(3)]
+            for r in reqs:
+                assert r.done.wait(120)
+            plan = eng.fresh_snapshot().model("b").plan
+            assert plan is not None and plan.model == "b" and plan.n_layers == 6 and plan.binding
+            eng.check_invariants()
+            if pin:  # from the pin on, never below its minimum (the planner raises it to it)
+                at = _events(eng, "pin")[0].seq
+                res = [e for e in _events(eng, "residency") if e.data["model"] == "a" and e.seq > at]
+                assert all(len(e.data["resident_layers"]) >= 3 for e in res)
+                assert len(eng._models["a"].hm.resident_set()) >= 3
+            return [e for e in _events(eng, "preempt") if e.data["model"] == "a" and e.seq > seq0]
+
+    assert run(pin=True) == []
+    assert run(pin=False)  # the same burst evicts it when it is not pinned

@@ -49,3 +49,27 @@ def test_attainment_is_weighted_and_goodput_counts_met_requests_only():
     assert ci["mean"] == 2.0 and 2.4 < ci["ci"] < 2.5
     t = {"ollama": {"attainment": {"mean": 0.4}}, "planner": {"attainment": {"mean": 0.8}}}
     assert "x2.00" in verdict(t)
+
+
+def test_timeline_figure_draws_the_planner_against_the_best_baseline(tmp_path):
+    from types import SimpleNamespace
+
+    from labtui.report.policies import _run_events, timeline_figure
+
+    def run(point, pol, ttft):
+        return [
+            {"kind": "point_start", "t": 10.0, "point": point, "rep": 0, "values": {"policy": pol}},
+            {"kind": "residency", "t": 10.5, "point": point, "rep": 0, "phase": "run", "model": "a", "residency": 0.5},
+            {"kind": "preempt", "t": 10.7, "point": point, "rep": 0, "phase": "run", "model": "a"},
+            {"kind": "resume", "t": 10.9, "point": point, "rep": 0, "phase": "run", "model": "a", "pipelined": False},
+            {"kind": "request_start", "t": 10.1, "point": point, "rep": 0, "phase": "run", "model": "a"},
+            {"kind": "request_finish", "t": 11.0, "point": point, "rep": 0, "phase": "run", "model": "a",
+             "ttft_s": ttft, "tpot_s": 0.05, "new_tokens": 4, "reason": "length"},
+        ]
+
+    b = SimpleNamespace(events=run(0, "ollama", 2.0) + run(1, "static-split", 0.5) + run(3, "priority", 0.5) + run(2, "planner", 0.5),
+                        scenario_text=SCN)
+    assert set(_run_events(b)) == {"ollama", "static-split", "planner", "priority"}
+    assert timeline_figure([b], ["hot-cold"], tmp_path) is None  # only a bursty workload gets it
+    stem = timeline_figure([b], ["bursty-pair"], tmp_path)
+    assert stem == "policy_timeline" and (tmp_path / "policy_timeline.png").stat().st_size > 1000

@@ -27,6 +27,7 @@ LOG = [
     (11.0, C.SetPolicy(policy="round_robin")),
     (12.0, C.CancelWorkload(workload="wa")),
     (13.0, C.Unload(model="late")),
+    (14.0, C.SetPin(model="a", pin=True, min_residency=0.5)),  # the lab's pin toggle (k)
 ]
 
 

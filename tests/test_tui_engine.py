@@ -366,3 +366,59 @@ async def test_load_and_unload_from_the_lab(engine):
         assert await wait_for(pilot, lambda: engine.snapshot().model("b") is None, 30)
         assert await wait_for(pilot, lambda: len(app.query(ModelCard)) == 1)
     assert [c.action for c in cmds(engine)] == ["load", "load", "unload"]
+
+
+# ---------------------------------------------------------------- pin toggle and the planner's plan
+
+
+@run_async
+async def test_pin_toggle_key_and_click_pin_the_model_in_the_engine(engine):
+    from labtui.engine.commands import SetPin
+    from labtui.tui.widgets.plan import PinToggle
+
+    app = LabApp(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert await wait_for(pilot, lambda: app.selected == "a")
+        toggle = app.query_one(PinToggle)
+        assert "pin" in str(toggle.render()) and "pinned" not in str(toggle.render())
+        await pilot.press("k")
+        assert await wait_for(pilot, lambda: engine.snapshot().model("a").pin)
+        assert await wait_for(pilot, lambda: "pinned" in str(toggle.render()))
+        await pilot.click(PinToggle)  # the mouse unpins it again
+        assert await wait_for(pilot, lambda: not engine.snapshot().model("a").pin)
+        assert cmds(engine, SetPin) == [SetPin(model="a", pin=True), SetPin(model="a", pin=False)]
+        assert await wait_for(pilot, lambda: "pinned" not in str(toggle.render()))  # the card caught up
+        # and a policy never evicts it while pinned: the engine's guard reads it live
+        await pilot.press("k")
+        assert await wait_for(pilot, lambda: engine.snapshot().model("a").pin)
+        assert engine._policy_can_evict("a") is False
+
+
+@run_async
+async def test_plan_line_and_target_marker_show_the_planners_plan():
+    from labtui.engine import Engine
+    from labtui.tui.widgets.plan import PlanLine
+
+    eng = Engine(device="sim", memory_gib=2, link="pcie4-x16", host_slowdown=2.0, seed=0)
+    try:
+        eng.load(MODEL, id="a", residency=1.0)
+        app = LabApp(eng)
+        async with app.run_test(size=(100, 30)) as pilot:
+            assert await wait_for(pilot, lambda: app.selected == "a")
+            line = app.query_one(PlanLine)
+            assert not line.display  # fcfs: no plan, no line
+            eng.set_policy("planner")
+            eng.generate("a", [1, 2, 3], max_new_tokens=8, timeout=60)
+            assert await wait_for(pilot, lambda: eng.snapshot().model("a").plan is not None)
+            plan = eng.snapshot().model("a").plan
+            assert await wait_for(pilot, lambda: line.display)
+            shown = str(line.render())
+            assert shown.startswith("plan ") and plan.binding in shown
+            assert ("whole" if plan.resident == plan.n_layers else f"{plan.resident}/{plan.n_layers}") in shown
+            slider = app.query_one(ResidencySlider)
+            assert await wait_for(pilot, lambda: slider.target == eng.snapshot().model("a").plan.resident)
+            eng.set_policy("fcfs")
+            assert await wait_for(pilot, lambda: not line.display)
+            assert slider.target is None
+    finally:
+        eng.close()

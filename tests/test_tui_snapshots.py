@@ -88,3 +88,29 @@ def test_no_models(snap_compare):
 @pytest.mark.parametrize("key", ["p", "w", "l", "o", "d", "question_mark"])
 def test_dialogs_80x24(snap_compare, key):
     assert snap_compare(frozen_app(), terminal_size=(80, 24), press=[key])
+
+
+def _planner_app() -> LabApp:
+    # the default lab under the planner: its plan on each card, small pinned (◆),
+    # big's slider marked where the planner takes it (▾ at 12/16)
+    import dataclasses
+
+    from labtui.engine.snapshot import PlanRow
+
+    snap = demo_snapshot()
+    plans = {
+        "small": PlanRow("small", 8, 8, "stream", 160.0, 0.007, "slo met"),
+        "big": PlanRow("big", 12, 16, "host", 55.0, 0.026, "budget"),
+    }
+    models = tuple(
+        dataclasses.replace(m, plan=plans.get(m.id), pin=m.id == "small", min_residency=0.5 if m.id == "small" else 0.0)
+        for m in snap.models
+    )
+    app = LabApp(FrozenEngine(dataclasses.replace(snap, policy="planner", models=models), demo_events()))
+    app._zoo_rows = ZOO_ROWS
+    return app
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_planner_plan_and_pins(snap_compare, size):
+    assert snap_compare(_planner_app(), terminal_size=size, run_before=_seed)

@@ -247,6 +247,10 @@ class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
     def set_prefetch(self, model: str, prefetch: bool):
         return self.execute(self._build(C.SetPrefetch, model=model, prefetch=prefetch))
 
+    def set_pin(self, model: str, pin: bool = True, min_residency: float | None = None) -> dict:
+        """Pin (never evicted by a policy, never below min_residency) or unpin a model."""
+        return self.execute(self._build(C.SetPin, model=model, pin=pin, min_residency=min_residency))
+
     def preempt(self, model: str, kv: str = "swap", weights: str = "host") -> PhaseReport:
         return self.execute(self._build(C.Preempt, model=model, kv=kv, weights=weights))
 
@@ -456,6 +460,8 @@ class Engine(WorkerLoop, Admission, Handlers, PolicyDriver, SnapshotBuilder):
                 ms.hm.validate_layers(cmd.layers)
             if ms.state in ("preempted", "preempting", "resuming"):
                 raise LabError(f"{cmd.model} is {ms.state}; resume it before changing its residency")
+        elif isinstance(cmd, C.SetPin):
+            self._model(cmd.model, allow_loading=False)
         elif isinstance(cmd, (C.SetMode, C.SetPrefetch)):
             ms = self._model(cmd.model)
             if ms.state in ("preempted", "preempting", "resuming"):

@@ -104,6 +104,17 @@ class SetPrefetch(_Cmd):
     prefetch: bool
 
 
+class SetPin(_Cmd):
+    """Pin a model (never evicted by a policy, never placed below ``min_residency``)
+    or unpin it. ``min_residency`` None keeps the one it has (from its Load or an
+    earlier SetPin). Policies read pins live (docs/policies.md)."""
+
+    action: Literal["set_pin"] = "set_pin"
+    model: ModelId
+    pin: bool
+    min_residency: float | None = Field(None, ge=0.0, le=1.0)
+
+
 class Preempt(_Cmd):
     action: Literal["preempt"] = "preempt"
     model: ModelId
@@ -186,6 +197,7 @@ Command = Annotated[
     | SetResidency
     | SetMode
     | SetPrefetch
+    | SetPin
     | Preempt
     | Resume
     | LaunchWorkload
@@ -205,6 +217,7 @@ COMMAND_TYPES: dict[str, type[_Cmd]] = {
         SetResidency,
         SetMode,
         SetPrefetch,
+        SetPin,
         Preempt,
         Resume,
         LaunchWorkload,

@@ -123,6 +123,11 @@ class Handlers:
         hm.sync_reservation()
         self._emit("prefetch", model=cmd.model, prefetch=cmd.prefetch)
 
+    def _do_set_pin(self, cmd: C.SetPin) -> dict:
+        # the pin lives in the model's Load spec, which the policy view reads at every
+        # plan (policies/driver.py): the next plan already honours it
+        return self._set_pin(cmd.model, cmd.pin, cmd.min_residency)
+
     def _do_preempt(self, cmd: C.Preempt, auto: bool = False) -> PhaseReport:
         ms = self._models[cmd.model]
         ms.state = "preempting"

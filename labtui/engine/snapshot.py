@@ -74,6 +74,19 @@ class PhaseReport:
 
 
 @dataclass(frozen=True)
+class PlanRow:
+    """The planner's current plan for one model (policies/planner.py; the lab shows it)."""
+
+    model: str
+    resident: int  # target resident blocks
+    n_layers: int
+    mode: str  # target offload mode
+    predicted_tok_s: float
+    predicted_tpot_s: float
+    binding: str  # what limits it: "slo met", "budget", "compute", "pinned minimum", "idle", "waits its turn"
+
+
+@dataclass(frozen=True)
 class ModelSnapshot:
     id: str
     source: str
@@ -122,6 +135,11 @@ class ModelSnapshot:
     # and D (this machine's resident step / the target's); None without a profile.
     profile: str | None = None
     dilation: float | None = None
+    # Pinning (SetPin, or the Load's pin): never evicted by a policy, never below
+    # min_residency; and the planner's plan for it (None under other policies).
+    pin: bool = False
+    min_residency: float = 0.0
+    plan: PlanRow | None = None
 
     @property
     def resident_layers(self) -> int:

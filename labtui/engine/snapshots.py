@@ -63,6 +63,7 @@ class SnapshotBuilder:
             m = ms.metrics
             rows = list(ms.batch.rows) if ms.batch else []
             pct = m.percentiles()
+            pin = self._pin_of(ms.id)
             cells = hm.layer_cells() if hm else ""
             models.append(
                 ModelSnapshot(
@@ -87,6 +88,7 @@ class SnapshotBuilder:
                     waiting_reason=ms.waiting_reason, reserved_bytes=hm._hold if hm else 0,
                     profile=hm.pacing.profile if hm and hm.pacing else None,
                     dilation=hm.pacing.dilation if hm and hm.pacing else None,
+                    pin=pin[0], min_residency=pin[1], plan=self._plan_of(ms.id),
                 )
             )
         wls = tuple(

@@ -144,6 +144,12 @@ def build_report(bundle_paths: list[str], out: str | Path | None = None) -> Path
     if pol:
         stem = pol_report.figure(bundles, cols, out)
         parts += ["## Policy comparison"] + ([f"![SLO attainment by policy]({stem}.png)"] if stem else []) + [pol]
+        tl = pol_report.timeline_figure(bundles, cols, out)
+        if tl:
+            parts += [f"![Residency over time, planner and the best baseline]({tl}.png)",
+                      "Residency over time in the bursty workload's first repetition: the best "
+                      "baseline (top) against the planner (bottom); dots are requests finishing "
+                      "(hollow: missed its TTFT or TPOT target)."]
     if prows:
         parts += ["## Preemptions", md.preemptions(prows)]
     if preds or reloads:

@@ -197,3 +197,90 @@ def figure(bundles: list[Any], cols: list[str], out: Any) -> str | None:
     ax.legend(fontsize=7, ncol=min(4, len(pols)))
     ax.set_title("Requests meeting their model's TTFT and TPOT targets, by policy")
     return _save(fig, out, "policies")
+
+
+def _run_events(bundle: Any) -> dict[str, list[dict]]:
+    """policy -> the events of its first repetition (run phase), in order."""
+    first: dict[str, tuple] = {}
+    runs: dict[tuple, list[dict]] = defaultdict(list)
+    for e in bundle.events:
+        k = (e.get("point", 0), e.get("rep", 0))
+        if e.get("kind") == "point_start":
+            pol = (e.get("values") or {}).get("policy")
+            if pol is not None and pol not in first:
+                first[pol] = k
+        runs[k].append(e)
+    return {pol: runs[k] for pol, k in first.items()}
+
+
+def timeline_figure(bundles: list[Any], cols: list[str], out: Any) -> str | None:
+    """Residency over time in the first bursty bundle: the planner's first run
+    against the best baseline's, one line per model (resident blocks / all, 0 while
+    evicted or preempted), each finished request a dot at its finish time (filled:
+    met its TTFT and TPOT targets). Returns the file stem, or None."""
+    pick = next(((c, b) for c, b in zip(cols, bundles, strict=True) if "bursty" in c), None)
+    if pick is None:
+        return None
+    col, bundle = pick
+    table = by_policy(bundle)
+    base = [p for p in BASELINES if p in table and table[p]["attainment"]["mean"] is not None]  # as verdict
+    runs = _run_events(bundle)
+    if "planner" not in runs or not base:
+        return None
+    best = max(base, key=lambda p: table[p]["attainment"]["mean"])
+    slos = slos_of(getattr(bundle, "scenario_text", None))
+    from labtui.report.plots import _save, plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(7.5, 4.6), sharex=True)
+    for ax, pol in zip(axes, (best, "planner"), strict=True):
+        evs = runs[pol]
+        t0 = next((e["t"] for e in evs if e.get("kind") == "point_start"), 0.0)
+        n_layers = {e["model"]: e.get("n_layers") for e in bundle.events if e.get("kind") == "load"}
+        lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        last: dict[str, float] = {}  # the placement a model returns to on a plain resume
+        now: dict[str, float] = {}  # where each model is at the run's start (setup phase)
+        for e in evs:
+            m, t = e.get("model"), e["t"] - t0
+            kind = e.get("kind")
+            if not m or kind not in ("residency", "preempt", "resume"):
+                continue
+            if kind == "residency":
+                y = float(e.get("residency") or 0.0)
+                last[m] = y
+            elif kind == "preempt":
+                y = 0.0
+            elif e.get("pipelined"):
+                continue  # its climb's residency events follow
+            else:
+                y = last.get(m, 1.0)
+            if e.get("phase") in ("run", None):
+                if m not in lines and m in now:
+                    lines[m].append((0.0, now[m]))
+                lines[m].append((t, y))
+            else:
+                now[m] = y
+        for m, y in now.items():
+            if m not in lines:
+                lines[m] = [(0.0, y)]
+        t_end = max((e["t"] - t0 for e in evs if e.get("kind") == "request_finish"), default=0.0)
+        for pts in lines.values():
+            pts.append((t_end, pts[-1][1]))
+        for i, (m, pts) in enumerate(sorted(lines.items())):
+            xs = [p[0] for p in pts]
+            ys = [p[1] for p in pts]
+            ax.step(xs, ys, where="post", label=f"{m} ({n_layers.get(m) or '?'} blocks)", color=f"C{i}")
+            for e in evs:
+                if e.get("kind") == "request_finish" and e.get("model") == m:
+                    s = slos.get(m, {})
+                    ok = (s.get("ttft") is None or (e.get("ttft_s") or 0) <= s["ttft"]) and \
+                        (s.get("tpot") is None or (e.get("tpot_s") or 0) <= s["tpot"])
+                    ax.plot(e["t"] - t0, 1.06 + 0.06 * i, "o", ms=4, color=f"C{i}", mfc=f"C{i}" if ok else "none")
+        att = table[pol]["attainment"]["mean"]
+        ax.set_title(f"{pol}: SLO attainment {att:.2f} (mean of runs); dots: requests finishing "
+                     "(hollow: missed a target)", fontsize=8)
+        ax.set_ylim(-0.05, 1.25)
+        ax.set_ylabel("residency")
+        ax.legend(fontsize=7, loc="lower right")
+    axes[-1].set_xlabel(f"seconds into the run ({col.removeprefix('bench-')}, first repetition)")
+    fig.tight_layout()
+    return _save(fig, out, "policy_timeline")

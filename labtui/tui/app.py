@@ -34,6 +34,7 @@ from labtui.engine.commands import (
     Preempt,
     Resume,
     SetMode,
+    SetPin,
     SetPrefetch,
     SetResidency,
     Unload,
@@ -71,6 +72,7 @@ class LabApp(App):
     BINDINGS = [
         Binding("m", "mode", "mode"),
         Binding("f", "prefetch", "prefetch"),
+        Binding("k", "pin", "pin", show=False),
         Binding("p", "preempt", "preempt"),
         Binding("r", "resume", "resume", show=False),  # the card has a resume button
         Binding("w", "workload", "workload"),
@@ -100,6 +102,7 @@ class LabApp(App):
     PALETTE = [
         ("mode", "Offload mode: stream ↔ host", "toggle the selected model's offload mode (m)"),
         ("prefetch", "Prefetch on/off", "toggle prefetch for the selected model (f)"),
+        ("pin", "Pin / unpin model", "a pinned model is never evicted by a policy nor placed below its minimum (k)"),
         ("preempt", "Preempt model…", "pause the selected model, choosing kv and weights policy (p)"),
         ("resume", "Resume model", "resume the selected preempted model (r)"),
         ("workload", "Launch workload…", "closed or poisson requests for the selected model (w)"),
@@ -463,6 +466,7 @@ class LabApp(App):
         action = {
             "mode": self.action_mode,
             "prefetch": self.action_prefetch,
+            "pin": self.action_pin,
             "preempt": self.action_preempt,
             "resume": self.action_resume,
             "workload": self.action_workload,
@@ -581,6 +585,11 @@ class LabApp(App):
         m = self._selected_model()
         if m is not None:
             self.send(SetPrefetch(model=m.id, prefetch=not m.prefetch))
+
+    def action_pin(self) -> None:
+        m = self._selected_model()
+        if m is not None:
+            self.send(SetPin(model=m.id, pin=not m.pin))
 
     def action_policy(self) -> None:
         if self.snap is None:

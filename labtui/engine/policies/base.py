@@ -84,6 +84,7 @@ class ModelView:
     decode_s: float = 0.0
     oldest_wait_s: float = 0.0  # how long its oldest queued request has waited
     max_new_tokens: int = 0  # of the requests queued and running (sum)
+    running_left: int = 0  # tokens the longest running request still has to make
     climbing: bool = False  # a pipelined resume is raising its residency
     kv_bytes: int = 0  # accelerator KV it holds now
     arrived: int = 0  # requests it has been given so far (finished + queued + running)

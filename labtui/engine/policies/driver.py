@@ -81,6 +81,7 @@ class PolicyDriver:
         oldest = max((t - r.t_submit for r in ms.queue), default=0.0)
         pending = sum(r.max_new_tokens for r in ms.queue)
         pending += sum(max(0, r.max_new_tokens - len(r.out_ids)) for r in (ms.batch.rows if ms.batch else []))
+        left = max((max(0, r.max_new_tokens - len(r.out_ids)) for r in (ms.batch.rows if ms.batch else [])), default=0)
         rep = ms.preemption
         return ModelView(
             id=ms.id, state=ms.state, n_layers=hm.n_layers, resident=len(hm.resident_set()), mode=hm.mode,
@@ -90,7 +91,7 @@ class PolicyDriver:
             pin=bool(spec and spec.pin), min_residency=spec.min_residency if spec else 0.0,
             slo_ttft_s=spec.slo_ttft_s if spec else None, slo_tpot_s=spec.slo_tpot_s if spec else None,
             slo_weight=spec.slo_weight if spec else 1.0, decode_tokens=ms.metrics.decode_tokens,
-            decode_s=ms.metrics.decode_s, oldest_wait_s=oldest, max_new_tokens=pending,
+            decode_s=ms.metrics.decode_s, oldest_wait_s=oldest, max_new_tokens=pending, running_left=left,
             climbing=ms.id in st["climbs"], reloads=tuple(ms.preemptions), kv_bytes=hm.ledger().accel_kv,
             arrived=ms.metrics.completed + ms.metrics.cancelled + ms.metrics.failed + len(ms.queue) + running,
             block_bytes=max((b.nbytes for b in hm.blocks), default=0),
@@ -180,6 +181,28 @@ class PolicyDriver:
                        refused=None, command={"residency": plan.residency, "mode": plan.mode},
                        residency=len(resident) / hm.n_layers, mode=plan.mode)
         return resident, plan.mode
+
+    # -- pins (SetPin): set live; the next plan's view carries them
+    def _set_pin(self, mid: str, pin: bool, min_residency: float | None) -> dict:
+        st = self._pstate()
+        spec = st["specs"].get(mid)
+        if spec is None:  # loaded before any policy saw it: its pin starts from nothing
+            spec = C.Load(id=mid, source=self._models[mid].source)
+        low = spec.min_residency if min_residency is None else min_residency
+        st["specs"][mid] = spec.model_copy(update={"pin": pin, "min_residency": low})
+        self._emit("pin", model=mid, pin=pin, min_residency=low)
+        self._publish(force=True)
+        return {"pin": pin, "min_residency": low}
+
+    def _pin_of(self, mid: str) -> tuple[bool, float]:
+        """(pinned, min_residency) of a model, for snapshots."""
+        spec = self._pstate()["specs"].get(mid)
+        return (bool(spec.pin), spec.min_residency) if spec is not None else (False, 0.0)
+
+    def _plan_of(self, mid: str):
+        """The planner's current plan row for a model (None under other policies)."""
+        rows = getattr(self.policy, "plan_rows", None)
+        return rows.get(mid) if rows else None
 
     def _policy_forget(self, mid: str) -> None:
         st = self._pstate()

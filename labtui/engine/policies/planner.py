@@ -24,14 +24,23 @@ Every ``PLAN_PERIOD_S`` it computes a target placement for every model:
    cheaper; the host is always cheaper when it has room);
 3. the rest of the budget goes block by block to the model whose extra block lowers
    the weighted SLO violation most (predicted TPOT of a model = its step time plus
-   the steps of the other busy models interleaved with it), then raises goodput;
-   offload mode per model: the faster of stream and host at its block count.
+   the steps of the other busy models interleaved with it, times the observed
+   contention), then raises goodput; offload mode per model: the faster of stream
+   and host at its block count; compared with the most urgent model whole and the
+   others filled into the rest;
+4. taking turns (one model served whole, the busy models with only queued
+   requests wait, weights parked on the host) when sharing leaves a busy model
+   offloaded and turns predict no more violation; a turn lasts while the served
+   batch drains, the served model admitting nothing new while a model that has
+   waited longer waits (pick); an idle model left with no block is parked.
 
 Hysteresis: a model is moved only when the target differs by at least
 ``MIN_MOVE_BLOCKS`` blocks (or it must shrink to make room, or it is below its
-minimum), and not within ``DWELL_S`` of its last move. Preempted models with work are
+minimum), and a grow not within its dwell of its last move (20x the move's link
+time, ``MIN_DWELL_S``..``DWELL_S``). Preempted models with work are
 resumed pipelined (decode starts when the embedding and first block are back; the
-residency climbs block by block). Step choice (admission order): a decode step
+residency climbs block by block) when the reload costs more than ``PIPELINE_STEPS``
+resident steps, else sequentially. Step choice (admission order): a decode step
 whose TPOT deadline (last step + slo_tpot_s) has passed first; else prefills first
 (as vLLM), the one nearest its TTFT deadline (arrival + slo_ttft_s) first; else the
 decode with the least slack; slack divided by the model's slo_weight.
@@ -39,14 +48,20 @@ decode with the least slack; slack divided by the model's slo_weight.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from labtui.engine import commands as C
 from labtui.engine.policies.base import Action, Candidate, LoadPlan, ModelView, Policy, View, evict
+from labtui.engine.snapshot import PlanRow
 
 ACTIVE_S = 1.5  # a model that had work this recently is planned for as active
 MIN_MOVE_BLOCKS = 2
-DWELL_S = 4.0
+PIPELINE_STEPS = 3.0  # resume pipelined when the reload takes more than this many resident steps
+TURN_TTFT_SHARE = 0.5  # a turn ends once a waiting model has used this share of its TTFT target
+DWELL_S = 4.0  # the longest a model waits after a move before it grows again
+MIN_DWELL_S = 0.25  # the shortest (moves on a fast link cost milliseconds)
+DWELL_LINK_X = 20.0  # dwell = this many times the move's own link time (within the two)
 EWMA = 0.3
 DEFAULT_TTFT_S = 2.0  # objectives for models whose Load gives none
 DEFAULT_TPOT_S = 0.25
@@ -70,19 +85,9 @@ class _Learned:
     last_move: float = -1e9
     last_refused: float = -1e9
     reports_seen: int = 0
-
-
-@dataclass(frozen=True)
-class PlanRow:
-    """The planner's current plan for one model (the lab shows it)."""
-
-    model: str
-    resident: int
-    n_layers: int
-    mode: str
-    predicted_tok_s: float
-    predicted_tpot_s: float
-    binding: str  # what limits it: "slo met", "budget", "pinned minimum", "idle", "preempted"
+    tp_t: float | None = None  # contention window start (running requests), its tokens, its prediction
+    tp_tok: int = 0
+    tp_pred: float | None = None
 
 
 class Planner(Policy):
@@ -97,9 +102,18 @@ class Planner(Policy):
         self.plan_rows: dict[str, PlanRow] = {}
         self._now = 0.0
         self.compute_bw = 4e9  # bytes of weights computed per second, seed (learned)
+        # observed time per token of running requests / the predicted one (the sum of
+        # the busy models' step times): what the predictions leave out (prefill steps
+        # interleaved, a shared CPU), learned from the engine's own steps
+        self.contention = 1.0
+        self._turn: str | None = None  # the model served while others wait their turn
+        self._hold: set[str] = set()  # models that admit no new request now (pick)
+        self._pred_tpot: dict[str, float] = {}
 
     # ------------------------------------------------------------ step choice
     def pick(self, cands: list[Candidate]) -> tuple[str, str] | None:
+        # a held model (its turn ends when its batch drains) only decodes
+        cands = [dataclasses.replace(c, queued=0) if c.id in self._hold else c for c in cands]
         ready = [c for c in cands if c.runnable]
         if not ready:
             return None
@@ -145,6 +159,7 @@ class Planner(Policy):
             if m.busy or m.arrived > lr.last_arrived:
                 lr.last_active = view.now
             dtok, ds = m.decode_tokens - lr.last_tokens, m.decode_s - lr.last_s
+            self._observe_tpot(view, m, lr)
             lr.last_tokens, lr.last_s = m.decode_tokens, m.decode_s
             if dtok > 0 and ds > 0 and not m.preempted and not m.climbing:
                 steps = dtok / max(1, m.running)
@@ -158,6 +173,23 @@ class Planner(Policy):
                     old = lr.reload_s.get(rep.weights)
                     lr.reload_s[rep.weights] = rep.reload_s if old is None else (1 - EWMA) * old + EWMA * rep.reload_s
             lr.reports_seen = len(m.reloads)
+
+    def _observe_tpot(self, view: View, m: ModelView, lr: _Learned) -> None:
+        """Contention: wall seconds per token of the model's running requests since
+        its last token-bearing plan (a plan window without a token is part of the
+        next one's time, not skipped), against the TPOT predicted then."""
+        if not m.running or m.preempted or m.climbing:
+            lr.tp_t = None
+            return
+        if lr.tp_t is None:
+            lr.tp_t, lr.tp_tok, lr.tp_pred = view.now, m.decode_tokens, self._pred_tpot.get(m.id)
+            return
+        if m.decode_tokens > lr.tp_tok:
+            steps = (m.decode_tokens - lr.tp_tok) / m.running
+            if lr.tp_pred and steps >= 1:
+                obs = (view.now - lr.tp_t) / steps
+                self.contention = min(8.0, max(1.0, 0.7 * self.contention + 0.3 * obs / lr.tp_pred))
+            lr.tp_t, lr.tp_tok, lr.tp_pred = view.now, m.decode_tokens, self._pred_tpot.get(m.id)
 
     def _calibrate(self, view: View, m: ModelView, lr: _Learned, meas: float) -> None:
         """Fit the linear cost model to a measurement: at full residency it gives the
@@ -243,12 +275,12 @@ class Planner(Policy):
     def _tpot(self, view: View, ks: dict[str, tuple[int, str]], busy: list[ModelView], m: ModelView) -> float:
         # a request's time per token: its model's step plus the steps of every other
         # busy model interleaved with it (one step each, as EDF/round robin do)
-        return sum(self.step_s(view, b, *ks[b.id]) for b in busy)
+        return sum(self.step_s(view, b, *ks[b.id]) for b in busy) * self.contention
 
     def _cost(self, view, ks, busy) -> tuple[float, float]:
         """(weighted SLO violation, -goodput) of a placement: lower is better."""
         viol, good = 0.0, 0.0
-        tp = sum(self.step_s(view, b, *ks[b.id]) for b in busy)
+        tp = sum(self.step_s(view, b, *ks[b.id]) for b in busy) * self.contention
         for b in busy:
             slo = self.slo.get(b.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))
             target = slo[1] * SLO_MARGIN  # predictions miss prefills and contention: aim lower
@@ -259,6 +291,7 @@ class Planner(Policy):
     def plan(self, view: View) -> list[Action]:
         self._now = view.now
         self._observe(view)
+        self.plan_rows = {}  # this plan's rows only (the lab shows them)
         models = list(view.models.values())
         active = [m for m in models if m.busy or view.now - self._l(m).last_active < ACTIVE_S
                   or self._l(m).rate > 0.5]
@@ -339,16 +372,32 @@ class Planner(Policy):
             m = view.models[mid]
             if k < m.n_layers and mode == "stream" and self.step_s(view, m, k, "host") < self.step_s(view, m, k, "stream"):
                 ks[mid] = (k, "host")
+        # 2a. the greedy split puts blocks where they are cheapest per byte, which can
+        # leave every model offloaded; compare with the most urgent model whole and
+        # the others filled into the rest (the offloaded blocks then all belong to
+        # the others, each with the most blocks that fit)
+        if len(busy) >= 2:
+            alt = self._whole_fill(view, ks, busy, budget)
+            if alt is not None and self._cost(view, alt, busy) < self._cost(view, ks, busy):
+                ks = alt
         # 2b. taking turns: when sharing the accelerator still misses TPOT targets,
         # compare with serving the most urgent model (nearly) whole while the models
         # with only queued requests wait, weights parked on the host (cheap to bring
         # back). A model with running requests is never made to wait.
         viol_share = self._cost(view, ks, busy)[0]
-        if viol_share > 0 and len(busy) >= 2:
-            alt = self._turns(view, ks, busy, budget)
-            if alt is not None and alt[2] < viol_share * 0.7:
-                ks2, waiting, viol_turns = alt
-                u = max(ks2, key=lambda mid: ks2[mid][0] / view.models[mid].n_layers if view.models[mid].busy else -1)
+        self._hold = set()
+        turn = self._turn_now(view)
+        offloaded = any(ks[b.id][0] < b.n_layers for b in busy if b.id in ks)
+        if turn is not None or (len(busy) >= 2 and (viol_share > 0 or offloaded)):
+            alt = self._turns(view, ks, busy, budget, served=turn)
+            # at equal predicted violation, turns: every busy model whole when served
+            # (its blocks computed where they live, no link time per step)
+            if alt is not None and (turn is not None or alt[2] <= viol_share):
+                ks2, waiting, viol_turns, u = alt
+                # a turn lasts while the served model has running requests (no flapping
+                # between sharing and turns at every plan), unless a waiting model's
+                # TTFT is at risk (_turn_now)
+                self._turn = u
                 for w in waiting:
                     ks.pop(w.id, None)
                     busy = [b for b in busy if b.id != w.id]
@@ -357,7 +406,13 @@ class Planner(Policy):
                                            f"taking turns: sharing misses TPOT targets (weighted violation "
                                            f"{viol_share:.2f}, {viol_turns:.2f} in turns); {w.id} waits while {u} "
                                            f"is served, weights parked on the host"))
+                    self.plan_rows[w.id] = PlanRow(w.id, 0, w.n_layers, "host", 0.0, 0.0, "waits its turn")
                 ks.update(ks2)
+                # admission order: the served model admits no new request while a
+                # model that has waited longer waits its turn (its batch drains first)
+                um = view.models[u]
+                if any(w.oldest_wait_s > (um.oldest_wait_s if um.queued else 0.0) for w in waiting):
+                    self._hold = {u}
         # 3. who has to leave for this: idle, unpinned, loaded models, least recently used first
         planned = sum(view.bytes_for(mid, *ks[mid]) + view.models[mid].kv_bytes for mid in ks)
         others = sorted((m for m in models if m.id not in ks and not m.preempted and not m.pin),
@@ -376,6 +431,10 @@ class Planner(Policy):
         # (a resume, an eviction, a pinned model below its minimum, over budget)
         cur = {mid: (view.models[mid].resident, view.models[mid].mode) for mid in ks}
         live = [b for b in busy if not b.preempted]
+        # what the next window's observed time per token is compared with (contention)
+        running = [b for b in view.models.values() if b.busy and not b.preempted]
+        now_tp = sum(self.step_s(view, b, b.resident, b.mode) for b in running)
+        self._pred_tpot = {b.id: now_tp for b in running if b.running}
         cv, cg = self._cost(view, cur, live)
         pv, pg = self._cost(view, ks, live)
         over = sum(view.bytes_for(mid, *cur[mid]) + view.models[mid].kv_bytes
@@ -393,13 +452,19 @@ class Planner(Policy):
             if m.pin and k == m.min_layers and k < m.n_layers:
                 binding = "pinned minimum"
             self.plan_rows[mid] = PlanRow(mid, k, m.n_layers, mode, 1.0 / pred if pred else 0.0, tpot, binding)
-            why = (f"predicted {1.0 / pred:.0f} tok/s, TPOT {tpot * 1e3:.0f} ms "
+            why = (f"predicted {1.0 / pred:.0f} tok/s, TPOT {tpot * 1e3:.0f} ms (x{self.contention:.1f} observed contention) "
                    f"{'meets' if tpot <= slo[1] else 'misses'} its {slo[1] * 1e3:.0f} ms")
             if m.preempted:
                 if m.auto_preempted and m.busy and view.now - self._l(m).last_refused > 0.3:
-                    resumes.append(Action(C.Resume(model=mid, residency=k / m.n_layers, mode=mode, pipelined=True,
+                    # pipelined when the reload costs many decode steps (a slow link: the
+                    # first token comes long before the weights are back); on a link that
+                    # reloads in about a step, the sequential reload is sooner (docs/policies.md)
+                    rel = self.reload_s(view, m, m.parked or "host")
+                    pipe = rel > PIPELINE_STEPS * self.step_s(view, m, m.n_layers, "resident")
+                    how = "pipelined" if pipe else f"sequentially (reload {rel * 1e3:.0f} ms, about a step)"
+                    resumes.append(Action(C.Resume(model=mid, residency=k / m.n_layers, mode=mode, pipelined=pipe,
                                                    start_mode=mode),
-                                          f"{mid} has work: resume pipelined to {k}/{m.n_layers} blocks ({mode}): {why}"))
+                                          f"{mid} has work: resume {how} to {k}/{m.n_layers} blocks ({mode}): {why}"))
                 continue
             if not (must or worth) or (m.climbing and not must):
                 continue
@@ -409,25 +474,97 @@ class Planner(Policy):
                 continue
             below_min = m.pin and m.resident < m.min_layers
             small = abs(k - m.resident) < MIN_MOVE_BLOCKS and mode == m.mode
-            if not below_min and (small or view.now - lr.last_move < DWELL_S) and k >= m.resident:
+            # hysteresis in link time: a move that costs the link milliseconds may follow
+            # the last one soon (a burst needs its blocks now); a slow link dwells long
+            dwell = min(DWELL_S, max(MIN_DWELL_S, DWELL_LINK_X * abs(k - m.resident) * m.block_bytes
+                                     / (view.link_gbps * 1e9)))
+            if not below_min and (small or view.now - lr.last_move < dwell) and k >= m.resident:
                 continue
             if k < m.resident and small:
                 continue
             lr.last_move = view.now
             freed = m.accel_bytes - m.kv_bytes - view.bytes_for(mid, k, mode)
+            if k == 0 and not m.busy and not m.pin:
+                # an idle model left with no block would serve its next request with
+                # every block offloaded: park it instead (the reload is cheap and
+                # pipelined), so its next burst goes through the plan (turns or share)
+                w = self.park_to(view, m)
+                shrinks.append(evict(mid, f"{mid} idle, its blocks go to the busy models: weights parked on the "
+                                          f"{w} (reload {self.reload_s(view, m, w) * 1e3:.0f} ms)", weights=w))
+                continue
             act = Action(C.SetResidency(model=mid, residency=k / m.n_layers, mode=mode),
                          f"{mid} to {k / m.n_layers:.0%} {mode}: {why}"
                          + (f"; frees {freed / 2**20:.0f} MiB" if freed > 0 else ""))
             (shrinks if freed > 0 else grows).append(act)
+        evicted = {a.model for a in acts if isinstance(a.cmd, C.Preempt)}
+        for m in models:  # the models this plan leaves out: idle, evicted or preempted
+            if m.id not in self.plan_rows:
+                gone = m.preempted or m.id in evicted
+                self.plan_rows[m.id] = PlanRow(m.id, 0 if gone else m.resident, m.n_layers, m.mode, 0.0, 0.0,
+                                               "preempted" if m.preempted else "evicted" if gone else "idle")
         return acts + shrinks + resumes + grows
 
-    def _turns(self, view: View, ks: dict, busy: list[ModelView], budget: int):
-        """The plan where one model is served (nearly) whole and the busy models with
-        only queued requests wait: (placements, waiting models, predicted violation,
-        counting the waiting ones' TTFT slipping by the served model's remaining work)."""
-        running = [b for b in busy if b.running]
-        pool = running or busy
-        u = max(pool, key=lambda b: (b.slo_weight, b.oldest_wait_s, b.running, b.id))
+    def _whole_fill(self, view: View, ks: dict, busy: list[ModelView], budget: int) -> dict | None:
+        """The most urgent busy model whole, the other kept models filled block by
+        block into the room left (each with its faster mode at that count)."""
+        u = max(busy, key=lambda b: (b.slo_weight, b.running > 0, b.oldest_wait_s, b.id))
+        if u.id not in ks:
+            return None
+        head = lambda mid: int(view.models[mid].kv_bytes * KV_HEADROOM)  # noqa: E731
+        out = {mid: p for mid, p in ks.items()}
+        out[u.id] = (u.n_layers, "stream")
+        room = budget - sum(view.bytes_for(mid, *p) + head(mid) for mid, p in out.items())
+        if room < 0:
+            return None
+        for b in sorted((b for b in busy if b.id != u.id and b.id in out), key=lambda b: -b.slo_weight):
+            k0, md0 = out[b.id]
+            base = view.bytes_for(b.id, k0, md0)
+            best = (k0, md0)
+            for k in range(b.n_layers, k0, -1):
+                fit = [md for md in ("host", "stream") if view.bytes_for(b.id, k, md) - base <= room
+                       and (k < b.n_layers or md == "stream")]
+                if fit:
+                    best = (k, min(fit, key=lambda md: self.step_s(view, b, k, md)))
+                    break
+            room -= view.bytes_for(b.id, *best) - base
+            out[b.id] = best
+        return out
+
+    def _turn_now(self, view: View) -> str | None:
+        """The model served in the current turn, or None when the turn is over: the
+        served model has no request left (queued or running), or a waiting model has used more
+        than TURN_TTFT_SHARE of its TTFT target."""
+        u = self._turn
+        if u is None:
+            return None
+        m = view.models.get(u)
+        over = m is None or not m.busy
+        for w in view.models.values():
+            if w.id != u and w.busy and not w.running:
+                ttft = self.slo.get(w.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
+                over |= w.oldest_wait_s > TURN_TTFT_SHARE * ttft
+        if over:
+            self._turn = None
+        return self._turn
+
+    def _turns(self, view: View, ks: dict, busy: list[ModelView], budget: int, served: str | None = None):
+        """The best plan where one model is served (nearly) whole beside the models
+        with running requests, and the other busy models with only queued requests
+        wait: (placements, waiting models, predicted violation, served model). Every
+        busy model is tried as the served one (the current turn's only, while it lasts)."""
+        pool = [b for b in busy if b.id == served] or busy
+        best = None
+        for u in pool:
+            alt = self._turn_for(view, ks, busy, budget, u)
+            if alt is not None and (best is None or alt[2] < best[2]):
+                best = alt
+        return best
+
+    def _turn_for(self, view: View, ks: dict, busy: list[ModelView], budget: int, u: ModelView):
+        """_turns with ``u`` served: its waiting ones' TTFT slip by u's batch's
+        remaining work (and u's own queue by theirs)."""
+        if u.id not in ks:
+            return None
         keep = [b for b in busy if b.running or b.pin or b.id == u.id]
         waiting = [b for b in busy if b not in keep]
         if not waiting:
@@ -442,12 +579,24 @@ class Planner(Policy):
                 ks2[u.id] = (k, min(fit, key=lambda md: self.step_s(view, u, k, md)))
                 break
         viol = self._cost(view, ks2, keep)[0]
-        step = sum(self.step_s(view, b, *ks2[b.id]) for b in keep)
-        wait = u.max_new_tokens / max(1, u.running) * step
+        step = sum(self.step_s(view, b, *ks2[b.id]) for b in keep) * self.contention
+        # the served model stops admitting while others wait (pick holds its prefills),
+        # so a waiting model's first token slips by its running batch's longest
+        # remainder (a batch decodes together), not by its whole queue
+        per_req = u.max_new_tokens / max(1, u.queued + u.running)
+        wait = (u.running_left if u.running else per_req) * step
+        work = 0.0
         for w in waiting:
             ttft = self.slo.get(w.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
             viol += w.slo_weight * max(0.0, w.oldest_wait_s + wait - ttft) / ttft
-        return ks2, waiting, viol
+            work += w.max_new_tokens / max(1, w.queued + w.running) * self.step_s(view, w, w.n_layers, "stream") \
+                * self.contention
+        if u.queued and any(w.oldest_wait_s > u.oldest_wait_s for w in waiting):
+            # and the served model's own queue waits for their turn (the hold applies
+            # only when a waiting model has waited longer: pick's admission order)
+            ttft = self.slo.get(u.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
+            viol += u.slo_weight * max(0.0, u.oldest_wait_s + wait + work - ttft) / ttft
+        return ks2, waiting, viol, u.id
 
     def on_decision(self, action: Action, ok: bool, view_now: float) -> None:
         if not ok and action.model in self.learned:

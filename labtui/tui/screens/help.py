@@ -27,6 +27,7 @@ KEYS: list[tuple[str, str]] = [
     ("u", "unload the selected model"),
     ("m", "toggle offload mode: stream ↔ host"),
     ("f", "toggle prefetch"),
+    ("k", "pin / unpin: never evicted by a policy, never below its minimum"),
     ("o", "scheduler policy: fcfs, round_robin, priority"),
     ("d", "device options (simulated device: link, budget, host slowdown)"),
     ("n", "chart: absolute tok/s ↔ normalised to 100% residency"),

@@ -17,6 +17,7 @@ from labtui.tui.messages import ModelAction, ModelSelected
 from labtui.tui.widgets.layer_map import LayerMap
 from labtui.tui.widgets.memory import spark_data
 from labtui.tui.widgets.phases import PhaseBar
+from labtui.tui.widgets.plan import PinToggle, PlanLine, pin_text
 from labtui.tui.widgets.slider import ResidencySlider
 
 STATE_GLYPH = {
@@ -126,12 +127,15 @@ class ModelCard(Vertical):
         self.phase_bar = PhaseBar(classes="phase-bar")
         self.phase_bar.display = False
         self.spark = Sparkline([], classes="toks-spark")
+        self.pin_toggle = PinToggle(ms.id)
+        self.plan_line = PlanLine()
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="card-row"):
             yield Static("layers", classes="row-label")
             yield self.layer_map
             yield Static("", classes="layer-count")
+            yield self.pin_toggle
         with Horizontal(classes="card-row"):
             yield Static("resid.", classes="row-label")
             yield self.slider
@@ -152,6 +156,7 @@ class ModelCard(Vertical):
             yield rates
             yield self.spark
         yield Static("", classes="card-metrics")
+        yield self.plan_line
         yield self.phase_bar
         yield Static("", classes="card-text")
 
@@ -209,6 +214,12 @@ class ModelCard(Vertical):
         self.layer_map.cells = ms.layer_cells
         self.slider.set_layers_total(ms.n_layers)
         self.slider.sync(ms.resident_layers)
+        # the planner's target: a marker where it is taking the slider (widgets/plan.py)
+        self.slider.target = ms.plan.resident if ms.plan is not None else None
+        self._set("pin", self.pin_toggle, pin_text(ms))
+        if self._cache.get("plan") != ms.plan:
+            self._cache["plan"] = ms.plan
+            self.plan_line.show(ms)
 
         self._set("count", self.query_one(".layer-count", Static), layer_count(ms))
 

@@ -46,6 +46,8 @@ class ResidencySlider(Widget, can_focus=True):
     """Layers the user wants on the accelerator (what the knob shows)."""
     applied: reactive[int] = reactive(0)
     """Layers the engine reports on the accelerator."""
+    target: reactive[int | None] = reactive(None)
+    """Where a policy (the planner) is taking the residency: a marker on the track."""
 
     def __init__(self, model: str, n_layers: int, value: int = 0, **kw) -> None:
         super().__init__(**kw)
@@ -104,6 +106,10 @@ class ResidencySlider(Widget, can_focus=True):
         t.append("━" * knob, filled if self.value == self.applied else pending)
         t.append("●" if not self.has_focus else "◆", knob_style)
         t.append("─" * (w - 1 - knob), empty)
+        if self.target is not None and self.target != self.value:
+            # the planner's target block count, marked on the track (▾)
+            x = round(min(max(self.target, 0), self.n_layers) / self.n_layers * (w - 1))
+            t = t[:x] + Text("▾", knob_style) + t[x + 1 :]
         pct = round(100 * self.value / self.n_layers)
         label = f" {self.value}/{self.n_layers} layers {pct}%"
         if self.value != self.applied:
