@@ -27,7 +27,7 @@ class Admission:
         p = len(req.prompt_ids)
         merge = 0
         if batch.rows:  # the new row's cache is concatenated into the batch's: both alive
-            cur_t = batch.mask.shape[1] if batch.mask is not None else 0
+            cur_t = batch.length
             merge = n * max(cur_t, p) * hm.kv_per_token_accel()
         return hm.headroom(n, longest, hm.accel_kv_last, p, merge) - hm._hold
 
@@ -44,7 +44,7 @@ class Admission:
         if admitting is not None:
             p = len(admitting.prompt_ids)
             if rows:
-                cur_t = ms.batch.mask.shape[1] if ms.batch.mask is not None else 0
+                cur_t = ms.batch.length
                 merge = (len(rows) + 1) * max(cur_t, p) * hm.kv_per_token_accel()
             rows.append(admitting)
         hm.set_plan(len(rows), max((_projected_len(r) for r in rows), default=0), p, merge)
