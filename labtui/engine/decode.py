@@ -131,6 +131,7 @@ class Batch:
         self._pos_t: torch.Tensor | None = None  # pos on the accelerator, [B, 1]
         self.needs_recompute = False  # KV dropped by a preemption
         self.padded = False  # some row has left padding
+        self.version = 0  # bumped whenever the rows change
 
     @property
     def cache(self):
@@ -152,6 +153,7 @@ class Batch:
         return len(self.rows)
 
     def _rows_changed(self) -> None:
+        self.version += 1  # admission's cached need (admission.py) depends on the rows
         self._next_t = self._pos_t = None
         self.padded = any(self.pads)
 

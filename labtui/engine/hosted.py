@@ -118,6 +118,8 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
             u.bind(buf)  # the loaded tensors are now unreferenced and freed
 
     def ledger(self) -> Ledger:
+        # Runs after every step and in every policy view: one plain pass over the units
+        # and the cache's layers (kvcache.kv_layer/_kv_bytes per block cost 6x more).
         aw = hw = staging = 0
         for u in [self.rest, *self.blocks]:
             if u.accel_buf is not None:
@@ -126,13 +128,17 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
             elif u.host_buf is not None:
                 hw += u.nbytes
         akv = hkv = 0
-        kv_swapped = self._kv_swapped
-        for i in range(self.n_layers):
-            n = self._kv_bytes(i)
-            if self.kv_on_host(i) or kv_swapped:
-                hkv += n
-            else:
-                akv += n
+        if self.cache is not None:
+            kv_swapped, placement = self._kv_swapped, self.placement
+            for i, layer in enumerate(self.cache.layers[: self.n_layers]):
+                k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
+                if not isinstance(k, torch.Tensor) or k.numel() == 0:
+                    continue
+                n = k.numel() * k.element_size() + v.numel() * v.element_size()
+                if kv_swapped or placement[i] == HOST:
+                    hkv += n
+                else:
+                    akv += n
         # the stream window serves the streamed blocks (after a move that failed
         # part-way, offloaded blocks can be a mix of stream and host)
         streamed = [i for i, p in enumerate(self.placement) if p == STREAM]

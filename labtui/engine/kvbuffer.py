@@ -150,6 +150,9 @@ class GrowableCache(Cache):
     def __init__(self, n_layers: int, cap: Callable[[], int] = lambda: 0):
         super().__init__(layers=[GrowableLayer(cap) for _ in range(n_layers)])
 
+    # Row operations run in inference mode, as the forward that grows the buffers
+    # does: an inference tensor may only be written in place inside it.
+    @torch.inference_mode()
     def add_row(self, src: Cache, length: int) -> None:
         """Copy a batch-1 prefill's KV (``src``, transformers' cache) into a free slot."""
         for layer, new in zip(self.layers, src.layers, strict=True):
@@ -160,6 +163,7 @@ class GrowableCache(Cache):
     def _kv(self):
         return [ly for ly in self.layers if ly.is_initialized]
 
+    @torch.inference_mode()
     def keep_rows(self, idx: list[int]) -> None:
         for ly in self._kv():
             ly.keep_rows(idx)

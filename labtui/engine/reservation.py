@@ -69,18 +69,30 @@ def workspace_bytes(config, elsize: int, rows: int, longest: int, prefill_tokens
     """
     if rows <= 0:
         return 0
+    return _workspace(config_dims(config), elsize, rows, longest, prefill_tokens, merge_bytes, layer_kv)
+
+
+def config_dims(config) -> tuple[int, int, int, int, bool]:
+    """(hidden, intermediate, vocab, attention heads, eager attention) from the config."""
     text = getattr(config, "get_text_config", lambda: config)()
     h = _cfg(text, "hidden_size", "n_embd", "d_model", default=0)
     inter = _cfg(text, "intermediate_size", "n_inner", "ffn_dim", default=4 * h)
     vocab = _cfg(text, "vocab_size", default=0)
     heads = _cfg(text, "num_attention_heads", "n_head", default=1)
+    eager = getattr(text, "_attn_implementation", None) == "eager"
+    return h, inter, vocab, heads, eager
+
+
+def _workspace(dims, elsize: int, rows: int, longest: int, prefill_tokens: int, merge_bytes: int, layer_kv: int) -> int:
+    if rows <= 0:
+        return 0
+    h, inter, vocab, heads, eager = dims
     per_tok = elsize * (6 * h + 3 * inter)
     logits = vocab * (elsize + 4)
     decode = rows * (per_tok + logits + heads * longest * elsize) + layer_kv
     prefill = 0
     if prefill_tokens:
         p = prefill_tokens
-        eager = getattr(text, "_attn_implementation", None) == "eager"
         prefill = p * per_tok + logits + (heads * p * p * elsize if eager else 0) + merge_bytes
     return max(decode, prefill)
 
@@ -110,8 +122,13 @@ class Reservation:
             return 0
         layers = self._accel_kv_layers(resident, mode)
         projected = rows * longest * sum(layers)
-        ws = workspace_bytes(self.config, self.elsize, rows, longest, prefill_tokens, merge_bytes,
-                             layer_kv=rows * longest * max(layers, default=0))
+        # The config's sizes, read once: transformers' config attribute access is slow
+        # and this runs for every admission check (the candidates pass, each tick).
+        dims = self.__dict__.get("_config_dims")
+        if dims is None:
+            dims = self.__dict__["_config_dims"] = config_dims(self.config)
+        ws = _workspace(dims, self.elsize, rows, longest, prefill_tokens, merge_bytes,
+                        layer_kv=rows * longest * max(layers, default=0))
         return max(0, projected - kv_accel) + ws
 
     def hold_for(self, ledger) -> int:

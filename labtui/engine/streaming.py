@@ -90,6 +90,8 @@ class Streaming:
         for b in self._free_bufs:
             self.device.accel_free(b)
         self._free_bufs.clear()
+        for u in self.blocks:  # cached views would keep the ring's slots alive
+            u.forget_views()
 
     def _take_buf(self, nbytes: int) -> torch.Tensor:
         size = max(self.blocks[i].nbytes for i in self._streamed_order())
@@ -115,7 +117,7 @@ class Streaming:
                 buf = self._take_buf(self.blocks[i].nbytes)
                 self._buf_of[i] = buf
                 moved = self.link.copy(self.blocks[i].host_buf, H2D, out=buf)
-            self.blocks[i].bind(moved.tensor)
+            self.blocks[i].bind(moved.tensor, cached=True)
             self.stream_bytes_moved += moved.nbytes
             self._issue_prefetch(i)
             return args, kwargs
@@ -132,7 +134,7 @@ class Streaming:
 
     def _post_block(self, i: int, output):
         if self.placement[i] == STREAM:
-            self.blocks[i].bind(self.blocks[i].host_buf)  # drop the streamed copy
+            self.blocks[i].bind(self.blocks[i].host_buf, cached=True)  # drop the streamed copy
             self._give_buf(i)
             return output
         dt = time.perf_counter() - self._host_t0

@@ -82,16 +82,17 @@ class PolicyDriver:
         pending = sum(r.max_new_tokens for r in ms.queue)
         pending += sum(max(0, r.max_new_tokens - len(r.out_ids)) for r in (ms.batch.rows if ms.batch else []))
         rep = ms.preemption
+        led = hm.ledger()
         return ModelView(
             id=ms.id, state=ms.state, n_layers=hm.n_layers, resident=len(hm.resident_set()), mode=hm.mode,
             queued=len(ms.queue), running=running, priority=ms.priority, weight_bytes=hm.weight_bytes(),
-            accel_bytes=hm.ledger().accel_total, last_used=used,
+            accel_bytes=led.accel_total, last_used=used,
             parked=rep.weights if rep is not None else None, auto_preempted=ms.auto_preempted,
             pin=bool(spec and spec.pin), min_residency=spec.min_residency if spec else 0.0,
             slo_ttft_s=spec.slo_ttft_s if spec else None, slo_tpot_s=spec.slo_tpot_s if spec else None,
             slo_weight=spec.slo_weight if spec else 1.0, decode_tokens=ms.metrics.decode_tokens,
             decode_s=ms.metrics.decode_s, oldest_wait_s=oldest, max_new_tokens=pending,
-            climbing=ms.id in st["climbs"], reloads=tuple(ms.preemptions), kv_bytes=hm.ledger().accel_kv,
+            climbing=ms.id in st["climbs"], reloads=tuple(ms.preemptions), kv_bytes=led.accel_kv,
             arrived=ms.metrics.completed + ms.metrics.cancelled + ms.metrics.failed + len(ms.queue) + running,
             block_bytes=max((b.nbytes for b in hm.blocks), default=0),
         )
