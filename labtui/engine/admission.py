@@ -9,6 +9,7 @@ from __future__ import annotations
 from labtui.engine import commands as C
 from labtui.engine.decode import Request
 from labtui.engine.devices import fmt_bytes
+from labtui.engine.kvbuffer import capacity_for
 from labtui.engine.preemption import resume_cost
 from labtui.engine.scheduler import Candidate
 from labtui.engine.state import ModelState
@@ -40,9 +41,8 @@ class Admission:
         longest = max(_projected_len(req), max((_projected_len(r) for r in batch.rows), default=0))
         p = len(req.prompt_ids)
         merge = 0
-        if batch.rows:  # the new row's prefill cache and the batch's cache are both alive
-            cur_t = batch.length
-            merge = n * max(cur_t, p) * hm.kv_per_token_accel()
+        if batch.rows:  # the prefill's cache and a regrown buffer beside the batch's
+            merge = n * capacity_for(max(batch.length, p), longest) * hm.kv_per_token_accel()
         return hm.headroom(n, longest, hm.accel_kv_last, p, merge) - hm._hold
 
     def _kv_fits(self, ms: ModelState, req: Request) -> bool:
@@ -58,8 +58,8 @@ class Admission:
         if admitting is not None:
             p = len(admitting.prompt_ids)
             if rows:
-                cur_t = ms.batch.length
-                merge = (len(rows) + 1) * max(cur_t, p) * hm.kv_per_token_accel()
+                longest = max(_projected_len(r) for r in [*rows, admitting])
+                merge = (len(rows) + 1) * capacity_for(max(ms.batch.length, p), longest) * hm.kv_per_token_accel()
             rows.append(admitting)
         hm.set_plan(len(rows), max((_projected_len(r) for r in rows), default=0), p, merge)
 

@@ -80,7 +80,7 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
         self.mode = STREAM
         self.moving: set[int] = set()
         self.weights_released = False  # preempted with weights=disk
-        self.cache = None  # the running batch's DynamicCache (set by decode.Batch)
+        self.cache = None  # the running batch's GrowableCache (kvbuffer.py, set by decode.Batch)
         self._hooks: set[int] = set()
         self._inflight: dict[int, Pending] = {}
         # Streamed weights land in a small ring of reused accelerator buffers (the

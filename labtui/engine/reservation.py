@@ -58,12 +58,13 @@ def workspace_bytes(config, elsize: int, rows: int, longest: int, prefill_tokens
 
     - per decoded row: d x (6h + 3i) (hidden state, residual, norm, q/k/v/o, MLP
       gate/up/act) + v x (d + 4) (logits and their float32 copy) + a x longest x d
-      (attention scores of one query); plus ``layer_kv``, the one block whose KV is
-      re-concatenated at a time (DynamicCache grows by torch.cat: old + new live);
+      (attention scores of one query); plus ``layer_kv``, the one block whose KV
+      buffer is regrown at a time (kvbuffer.py: old + new live for one block);
     - a prefill of p tokens: p x d x (6h + 3i) + v x (d + 4) (logits of the last
       position only); fused attention (sdpa) never holds the p x p scores, eager
-      attention does: a x p^2 x d; plus ``merge_bytes``, the batch's KV copied once
-      when the new row joins it (torch.cat, old and new alive together).
+      attention does: a x p^2 x d; plus ``merge_bytes``, the batch's KV once more
+      while the new row joins it (the prefill's own cache and, when the batch has no
+      free slot, the reallocated buffer, alive beside the old one).
 
     The step's workspace is the larger of the two (a step is a prefill or a decode).
     """

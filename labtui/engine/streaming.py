@@ -61,7 +61,18 @@ class Streaming:
         return find_decoder_blocks(self.model)[1]
 
     def _streamed_order(self) -> list[int]:
-        return [i for i, p in enumerate(self.placement) if p == STREAM]
+        # asked twice per streamed block per token: kept until the placement changes
+        key = tuple(self.placement)
+        cached = self.__dict__.get("_order_cache")
+        if cached is None or cached[0] != key:
+            order = [i for i, p in enumerate(self.placement) if p == STREAM]
+            cached = self.__dict__["_order_cache"] = (key, order, max((self.blocks[i].nbytes for i in order), default=0))
+        return cached[1]
+
+    def _slot_bytes(self) -> int:
+        """The size of a stream-ring slot: the largest streamed block."""
+        self._streamed_order()
+        return self.__dict__["_order_cache"][2]
 
     def _issue_prefetch(self, after: int) -> None:
         """Keep up to ``prefetch_depth - 1`` streamed blocks in flight after ``after``,
@@ -94,7 +105,7 @@ class Streaming:
             u.forget_views()
 
     def _take_buf(self, nbytes: int) -> torch.Tensor:
-        size = max(self.blocks[i].nbytes for i in self._streamed_order())
+        size = self._slot_bytes()
         while self._free_bufs:
             b = self._free_bufs.pop()
             if b.numel() == size:

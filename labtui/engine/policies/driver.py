@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from labtui.engine import commands as C
-from labtui.engine.policies.base import Action, LoadPlan, ModelView, View
+from labtui.engine.policies.base import Action, LoadPlan, ModelView, Policy, View
 from labtui.errors import LabError, one_line
 
 PLAN_PERIOD_S = 0.05  # policies plan at most 20 times a second (moves cost link time)
@@ -37,10 +37,29 @@ class PolicyDriver:
         if now - st["t"] < PLAN_PERIOD_S:
             return did
         st["t"] = now
+        if type(self.policy).plan is Policy.plan:
+            # A policy that never plans (fcfs, round robin, ...): building the whole
+            # view each period is scheduler overhead for nothing; keep only the
+            # last-used times current, as a view would.
+            t = self.now()
+            for ms in list(self._models.values()):
+                if ms.hm is not None:
+                    self._last_used(ms, t)
+            return did
         view = self._policy_view()
         for a in self.policy.plan(view) or []:
             did |= self._policy_act(a)
         return did
+
+    def _last_used(self, ms, now: float) -> float:
+        st = self._pstate()
+        used = st["used"].get(ms.id, now)
+        if (len(ms.batch) if ms.batch is not None else 0) or ms.queue:
+            used = now
+        if ms.metrics.last_t is not None:
+            used = max(used, ms.metrics.last_t - self.t0)
+        st["used"][ms.id] = used
+        return used
 
     # -- what policies see
     def _policy_view(self, extra: dict | None = None) -> View:
@@ -69,13 +88,7 @@ class PolicyDriver:
         st = self._pstate()
         hm = ms.hm
         running = len(ms.batch) if ms.batch is not None else 0
-        busy = running or ms.queue
-        used = st["used"].get(ms.id, now)
-        if busy:
-            used = now
-        if ms.metrics.last_t is not None:
-            used = max(used, ms.metrics.last_t - self.t0)
-        st["used"][ms.id] = used
+        used = self._last_used(ms, now)
         spec = st["specs"].get(ms.id)
         t = time.perf_counter()
         oldest = max((t - r.t_submit for r in ms.queue), default=0.0)
