@@ -96,6 +96,7 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
         self._kv_tok_key: tuple | None = None
         self._kv_tok = 0
         self.accel_kv_last = 0  # accelerator KV bytes after the last step (admission)
+        self.last_ledger: Ledger | None = None  # the ledger of the last sync_reservation
         self._kv_swapped = False  # preempted with kv=swap: accelerator KV is on the host
         self._paused_window = False  # preempted: no stream buffers held
         # KV bytes per token and block: from the config until the first prefill measures
@@ -150,6 +151,7 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
         """Keep the device's accounting equal to this model's ledger, and its
         reservation equal to what the admitted rows still need (reservation.py)."""
         ledger = ledger or self.ledger()
+        self.last_ledger = ledger  # what the device accounts now (worker._step reuses it)
         self.accel_kv_last = ledger.accel_kv
         total = ledger.accel_total
         delta = total - self._reserved

@@ -52,9 +52,10 @@ class GrowableLayer(DynamicLayer):
     """One block's KV: ``keys``/``values`` are the whole buffers; rows ``[:n]`` and
     columns ``[start:end]`` are in use (left-padded rows hold zeros in their pad)."""
 
-    def __init__(self, cap: Callable[[], int]):
+    def __init__(self, cap: Callable[[], int], owner: GrowableCache | None = None):
         super().__init__()
         self._cap = cap
+        self._owner = owner
         self.n = 0
         self.start = 0
         self.end = 0
@@ -94,6 +95,8 @@ class GrowableLayer(DynamicLayer):
             nv[: self.n, :, right - length : right].copy_(v[: self.n, :, self.start : self.end])
         self.keys, self.values = nk, nv
         self.start, self.end = right - length, right
+        if self._owner is not None:
+            self._owner.epoch += 1
 
     def add_row(self, k: torch.Tensor, v: torch.Tensor, length: int) -> None:
         """Write a prefilled row (``k``/``v`` ``[1, H, length, D]``) into the next slot,
@@ -105,6 +108,8 @@ class GrowableLayer(DynamicLayer):
             self.keys = torch.empty(shape, dtype=k.dtype, device=k.device)
             self.values = torch.empty(shape, dtype=v.dtype, device=v.device)
             self.is_initialized = True
+            if self._owner is not None:
+                self._owner.epoch += 1
             self.start = self.end = length  # an empty window, ending where the row will
         cur = self.end - self.start
         t = max(cur, length)
@@ -148,7 +153,8 @@ class GrowableCache(Cache):
     gives the plan's longest projected row (the growth limit; 0 = no plan)."""
 
     def __init__(self, n_layers: int, cap: Callable[[], int] = lambda: 0):
-        super().__init__(layers=[GrowableLayer(cap) for _ in range(n_layers)])
+        self.epoch = 0  # bumped by every allocation: the bytes held change only then
+        super().__init__(layers=[GrowableLayer(cap, self) for _ in range(n_layers)])
 
     # Row operations run in inference mode, as the forward that grows the buffers
     # does: an inference tensor may only be written in place inside it.
