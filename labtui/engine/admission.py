@@ -9,6 +9,7 @@ from __future__ import annotations
 from labtui.engine import commands as C
 from labtui.engine.decode import Request
 from labtui.engine.devices import fmt_bytes
+from labtui.engine.kvbuffer import capacity_for
 from labtui.engine.preemption import resume_cost
 from labtui.engine.scheduler import Candidate
 from labtui.engine.state import ModelState
@@ -20,15 +21,28 @@ class Admission:
     def _admission_need(self, ms: ModelState, req: Request) -> int:
         """Extra bytes ``ms`` must reserve to admit ``req``: the batch's projected KV with
         the new row (every row as long as the longest projected one, left padding),
-        minus the KV it already has, plus the prefill's workspace (reservation.py)."""
+        minus the KV it already has, plus the prefill's workspace (reservation.py).
+
+        Kept per model until something it depends on changes: the candidates pass asks
+        for every model with a queue on every tick, and each tick steps one model."""
+        hm, batch = ms.hm, ms.batch
+        key = (req, batch.version, batch.length, hm.accel_kv_last, hm._hold, tuple(hm.placement),
+               tuple(hm.kv_bytes_per_token), hm._kv_swapped)
+        cached = ms.__dict__.get("_need_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        need = self._compute_admission_need(ms, req)
+        ms.__dict__["_need_cache"] = (key, need)
+        return need
+
+    def _compute_admission_need(self, ms: ModelState, req: Request) -> int:
         hm, batch = ms.hm, ms.batch
         n = len(batch.rows) + 1
         longest = max(_projected_len(req), max((_projected_len(r) for r in batch.rows), default=0))
         p = len(req.prompt_ids)
         merge = 0
-        if batch.rows:  # the new row's cache is concatenated into the batch's: both alive
-            cur_t = batch.mask.shape[1] if batch.mask is not None else 0
-            merge = n * max(cur_t, p) * hm.kv_per_token_accel()
+        if batch.rows:  # the prefill's cache and a regrown buffer beside the batch's
+            merge = n * capacity_for(max(batch.length, p), longest) * hm.kv_per_token_accel()
         return hm.headroom(n, longest, hm.accel_kv_last, p, merge) - hm._hold
 
     def _kv_fits(self, ms: ModelState, req: Request) -> bool:
@@ -44,8 +58,8 @@ class Admission:
         if admitting is not None:
             p = len(admitting.prompt_ids)
             if rows:
-                cur_t = ms.batch.mask.shape[1] if ms.batch.mask is not None else 0
-                merge = (len(rows) + 1) * max(cur_t, p) * hm.kv_per_token_accel()
+                longest = max(_projected_len(r) for r in [*rows, admitting])
+                merge = (len(rows) + 1) * capacity_for(max(ms.batch.length, p), longest) * hm.kv_per_token_accel()
             rows.append(admitting)
         hm.set_plan(len(rows), max((_projected_len(r) for r in rows), default=0), p, merge)
 

@@ -33,46 +33,58 @@ def _median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def _hf_decode_s(model, ids, n_new: int) -> float:
+def _hf_decode_s(model, ids, n_new: int) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one ``generate``."""
     mask = torch.ones_like(ids)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         model.generate(ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
     if ids.is_cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def _engine_decode_s(eng: Engine, m: str, prompt_ids, batch: int, n_new: int) -> float:
-    t0 = time.perf_counter()
+def _engine_decode_s(eng: Engine, m: str, prompt_ids, batch: int, n_new: int) -> tuple[float, float]:
+    """(wall, process CPU) seconds of ``batch`` requests served together."""
+    t0, c0 = time.perf_counter(), time.process_time()
     reqs = [eng.submit(m, prompt_ids, max_new_tokens=n_new) for _ in range(batch)]
     for r in reqs:
         r.done.wait(600)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _rate(tokens: int, long: tuple[float, float], short: tuple[float, float]) -> tuple[float, float]:
+    """Tokens per wall second and per CPU second of the difference of two runs."""
+    return tokens / max(1e-9, long[0] - short[0]), tokens / max(1e-9, long[1] - short[1])
 
 
 def decode_ratio(eng: Engine, m: str, hf, prompt_ids, batch: int, n_new: int, reps: int) -> dict:
     """Engine vs transformers generate, interleaved so that load drift hits both.
 
     Decode rate = (n_new - 1) x batch / (T(n_new) - T(1)): prefill and request
-    set-up cancel out, as in gpt-fast's per-token timing.
+    set-up cancel out, as in gpt-fast's per-token timing. T is wall time; the same
+    rate per second of the process's CPU time is reported beside it (on a shared
+    machine, CPU time is what other processes disturb least).
     """
     ids = torch.tensor([prompt_ids] * batch, device=hf.device)
     _hf_decode_s(hf, ids, 4)
     _engine_decode_s(eng, m, prompt_ids, batch, 4)
-    eng_r, hf_r, ratios = [], [], []
+    n = (n_new - 1) * batch
+    eng_r, hf_r, ratios, cpu_ratios = [], [], [], []
     for _ in range(reps):
-        e = (n_new - 1) * batch / max(1e-9, _engine_decode_s(eng, m, prompt_ids, batch, n_new) - _engine_decode_s(eng, m, prompt_ids, batch, 1))
-        h = (n_new - 1) * batch / max(1e-9, _hf_decode_s(hf, ids, n_new) - _hf_decode_s(hf, ids, 1))
+        e, e_cpu = _rate(n, _engine_decode_s(eng, m, prompt_ids, batch, n_new), _engine_decode_s(eng, m, prompt_ids, batch, 1))
+        h, h_cpu = _rate(n, _hf_decode_s(hf, ids, n_new), _hf_decode_s(hf, ids, 1))
         eng_r.append(e)
         hf_r.append(h)
         ratios.append(e / h)
+        cpu_ratios.append(e_cpu / h_cpu)
     return {
         "engine_tok_s": round(_median(eng_r), 2),
         "generate_tok_s": round(_median(hf_r), 2),
         "ratio": round(_median(ratios), 3),
         "ratio_min": round(min(ratios), 3),
         "ratio_max": round(max(ratios), 3),
+        "cpu_ratio": round(_median(cpu_ratios), 3),
     }
 
 

@@ -2,9 +2,9 @@
 
 Small named steps, as gpt-fast's generate.py: ``prefill`` runs one request's
 prompt (batch 1, exactly what transformers' ``generate`` computes), ``Batch.admit``
-merges its KV cache into the running batch (left padding + attention mask, the
-layout ``generate`` uses for batched prompts), ``Batch.decode_step`` runs one
-token for every row. Each layer's KV tensors stay on the side where that layer
+writes its KV into a free slot of the running batch's cache (kvbuffer.py; left
+padding + attention mask, the layout ``generate`` uses for batched prompts),
+``Batch.decode_step`` runs one token for every row. Each layer's KV tensors stay on the side where that layer
 executes; the ops here index them on their own device.
 """
 
@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
 from labtui.engine.hosted import HostedModel
+from labtui.engine.kvbuffer import GrowableCache
 
 
 @dataclass(eq=False)
@@ -96,14 +96,20 @@ def prefill(hm: HostedModel, token_ids: list[int]):
     return cache, logits
 
 
-def select_tokens(logits: torch.Tensor, rows: list[Request]) -> list[int]:
+def select_tokens(logits: torch.Tensor, rows: list[Request]) -> tuple[list[int], torch.Tensor]:
+    """The next token of every row: (as ints, for the requests; as a [B] tensor on the
+    accelerator, fed to the next step without a host round trip when all greedy)."""
     greedy = logits.argmax(dim=-1)
-    out = greedy.tolist()
+    out = greedy.tolist()  # the step's one host sync
+    sampled = False
     for r, req in enumerate(rows):
         if not req.greedy:
             probs = torch.softmax(logits[r].float().cpu() / req.temperature, dim=-1)
             out[r] = int(torch.multinomial(probs, 1, generator=req.generator).item())
-    return out
+            sampled = True
+    if sampled:
+        greedy = torch.tensor(out, dtype=torch.long, device=logits.device)
+    return out, greedy
 
 
 def _kv_layers(cache):
@@ -111,23 +117,45 @@ def _kv_layers(cache):
 
 
 class Batch:
-    """The running batch of one model: rows of requests sharing one KV cache."""
+    """The running batch of one model: rows of requests sharing one KV cache
+    (kvbuffer.GrowableCache, written in place), left-padded to a common length."""
 
     def __init__(self, hm: HostedModel):
         self.hm = hm
         self.rows: list[Request] = []
-        self.mask: torch.Tensor | None = None  # [B, T] 1 = real token, 0 = left pad
+        self.pads: list[int] = []  # left padding of each row in the cache window
+        self.length = 0  # tokens in the cache window (the longest row)
         self.next_ids: list[int] = []
+        self._next_t: torch.Tensor | None = None  # next_ids on the accelerator, [B, 1]
         self.pos: list[int] = []  # logical position of next_ids per row
+        self._pos_t: torch.Tensor | None = None  # pos on the accelerator, [B, 1]
         self.needs_recompute = False  # KV dropped by a preemption
-        self.padded = False  # some row has left padding in the mask
+        self.padded = False  # some row has left padding
+        self.version = 0  # bumped whenever the rows change
 
     @property
     def cache(self):
         return self.hm.cache
 
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """[B, length] 1 = real token, 0 = left pad (built on demand, from ``pads``)."""
+        if not self.rows:
+            return None
+        return self._mask(self.length)
+
+    def _mask(self, t: int) -> torch.Tensor:
+        dev = self.hm.device.accel
+        pads = torch.tensor(self.pads, dtype=torch.long, device=dev).unsqueeze(1)
+        return (torch.arange(t, device=dev).unsqueeze(0) >= pads).long()
+
     def __len__(self) -> int:
         return len(self.rows)
+
+    def _rows_changed(self) -> None:
+        self.version += 1  # admission's cached need (admission.py) depends on the rows
+        self._next_t = self._pos_t = None
+        self.padded = any(self.pads)
 
     # ------------------------------------------------------------------ admit
     def admit(self, req: Request, now: float, eos: set[int]) -> None:
@@ -137,44 +165,40 @@ class Batch:
         if req.seed is not None and not req.greedy:
             req.generator = torch.Generator().manual_seed(req.seed)
         cache, logits = prefill(self.hm, req.prompt_ids)
-        tok = select_tokens(logits, [req])[0]
+        tok = select_tokens(logits, [req])[0][0]
         self._merge(cache, req, len(req.prompt_ids), tok)
         self._record(req, tok, time.perf_counter(), eos)
 
     def _merge(self, cache, req: Request, length: int, next_id: int) -> None:
-        dev = self.hm.device.accel
-        if not self.rows:
-            self.hm.cache = cache
-            self.mask = torch.ones(1, length, dtype=torch.long, device=dev)
-        else:
-            tb = self.mask.shape[1]
-            t = max(tb, length)
-            for old, new in zip(self.cache.layers, cache.layers, strict=True):
-                if getattr(new, "keys", None) is None or new.keys.numel() == 0:
-                    continue
-                for attr in ("keys", "values"):
-                    a = F.pad(getattr(old, attr), (0, 0, t - tb, 0))
-                    b = F.pad(getattr(new, attr), (0, 0, t - length, 0))
-                    setattr(old, attr, torch.cat([a, b], dim=0))
-            m_old = F.pad(self.mask, (t - tb, 0))
-            m_new = F.pad(torch.ones(1, length, dtype=torch.long, device=dev), (t - length, 0))
-            self.mask = torch.cat([m_old, m_new], dim=0)
+        """Write the prefill's KV (batch 1) into a free slot of the batch's cache; a
+        row longer than the window gives the others more left padding."""
+        hm = self.hm
+        if hm.cache is None:
+            hm.cache = GrowableCache(hm.n_layers, cap=lambda: hm.plan[1])
+        hm.cache.add_row(cache, length)
+        t = max(self.length, length)
+        self.pads = [p + t - self.length for p in self.pads] + [t - length]
+        self.length = t
         self.rows.append(req)
         self.next_ids.append(next_id)
         self.pos.append(length)
-        self.padded = bool((self.mask == 0).any().item())
+        self._rows_changed()
 
     # ----------------------------------------------------------------- decode
     def decode_step(self, eos: set[int]) -> list[Request]:
         """One token for every row; returns the rows that finished."""
         dev = self.hm.device.accel
-        ids = torch.tensor(self.next_ids, dtype=torch.long, device=dev).unsqueeze(1)
-        pos = torch.tensor(self.pos, dtype=torch.long, device=dev).unsqueeze(1)
-        self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long, device=dev)], dim=1)
+        if self._next_t is None:
+            self._next_t = torch.tensor(self.next_ids, dtype=torch.long, device=dev).unsqueeze(1)
+            self._pos_t = torch.tensor(self.pos, dtype=torch.long, device=dev).unsqueeze(1)
         # Without left padding the mask is all ones: pass None, which transformers
-        # turns into the same causal path without checking every element each step.
-        logits = forward(self.hm, ids, self.mask if self.padded else None, pos, self.cache)
-        toks = select_tokens(logits, self.rows)
+        # turns into the same causal path without building or checking a mask.
+        mask = self._mask(self.length + 1) if self.padded else None
+        logits = forward(self.hm, self._next_t, mask, self._pos_t, self.cache)
+        toks, toks_t = select_tokens(logits, self.rows)
+        self.length += 1
+        self._next_t = toks_t.unsqueeze(1)
+        self._pos_t = self._pos_t + 1
         now = time.perf_counter()
         for r, req in enumerate(self.rows):
             self.pos[r] += 1
@@ -206,29 +230,27 @@ class Batch:
         if not idx:
             self.clear()
             return
-        for layer in _kv_layers(self.cache):
-            sel = torch.tensor(idx, device=layer.keys.device)
-            layer.keys = layer.keys.index_select(0, sel)
-            layer.values = layer.values.index_select(0, sel)
-        self.mask = self.mask.index_select(0, torch.tensor(idx, device=self.mask.device))
+        if self.cache is not None:
+            self.cache.keep_rows(idx)
         self.rows = [self.rows[i] for i in idx]
         self.next_ids = [self.next_ids[i] for i in idx]
         self.pos = [self.pos[i] for i in idx]
-        # Columns that are padding for every row carry nothing: drop them (a view).
-        lead = int((self.mask.cumsum(dim=1) == 0).sum(dim=1).min().item())
+        self.pads = [self.pads[i] for i in idx]
+        # Columns that are padding for every row carry nothing: drop them (no copy).
+        lead = min(self.pads)
         if lead > 0:
-            self.mask = self.mask[:, lead:]
-            for layer in _kv_layers(self.cache):
-                layer.keys = layer.keys[:, :, lead:, :]
-                layer.values = layer.values[:, :, lead:, :]
-        self.padded = bool((self.mask == 0).any().item())
+            if self.cache is not None:
+                self.cache.trim_left(lead)
+            self.pads = [p - lead for p in self.pads]
+            self.length -= lead
+        self._rows_changed()
 
     def clear(self) -> None:
-        self.rows, self.next_ids, self.pos = [], [], []
-        self.mask = None
+        self.rows, self.next_ids, self.pos, self.pads = [], [], [], []
+        self.length = 0
         self.hm.cache = None
         self.needs_recompute = False
-        self.padded = False
+        self._rows_changed()
 
     # ------------------------------------------------------- preemption (drop)
     def drop_kv(self) -> int:
@@ -237,14 +259,13 @@ class Batch:
         if self.rows:
             self.needs_recompute = True
         self.hm.cache = None
-        self.mask = None
         return freed
 
     def recompute(self) -> int:
         """Rebuild the KV cache of every row by prefilling prompt + generated tokens."""
         rows = self.rows
-        self.rows, self.next_ids, self.pos = [], [], []
-        self.mask = None
+        self.rows, self.next_ids, self.pos, self.pads = [], [], [], []
+        self.length = 0
         self.hm.cache = None
         tokens = 0
         for req in rows:

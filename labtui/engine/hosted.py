@@ -80,7 +80,7 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
         self.mode = STREAM
         self.moving: set[int] = set()
         self.weights_released = False  # preempted with weights=disk
-        self.cache = None  # the running batch's DynamicCache (set by decode.Batch)
+        self.cache = None  # the running batch's GrowableCache (kvbuffer.py, set by decode.Batch)
         self._hooks: set[int] = set()
         self._inflight: dict[int, Pending] = {}
         # Streamed weights land in a small ring of reused accelerator buffers (the
@@ -96,6 +96,7 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
         self._kv_tok_key: tuple | None = None
         self._kv_tok = 0
         self.accel_kv_last = 0  # accelerator KV bytes after the last step (admission)
+        self.last_ledger: Ledger | None = None  # the ledger of the last sync_reservation
         self._kv_swapped = False  # preempted with kv=swap: accelerator KV is on the host
         self._paused_window = False  # preempted: no stream buffers held
         # KV bytes per token and block: from the config until the first prefill measures
@@ -118,6 +119,8 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
             u.bind(buf)  # the loaded tensors are now unreferenced and freed
 
     def ledger(self) -> Ledger:
+        # Runs after every step and in every policy view: one plain pass over the units
+        # and the cache's layers (kvcache.kv_layer/_kv_bytes per block cost 6x more).
         aw = hw = staging = 0
         for u in [self.rest, *self.blocks]:
             if u.accel_buf is not None:
@@ -126,13 +129,17 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
             elif u.host_buf is not None:
                 hw += u.nbytes
         akv = hkv = 0
-        kv_swapped = self._kv_swapped
-        for i in range(self.n_layers):
-            n = self._kv_bytes(i)
-            if self.kv_on_host(i) or kv_swapped:
-                hkv += n
-            else:
-                akv += n
+        if self.cache is not None:
+            kv_swapped, placement = self._kv_swapped, self.placement
+            for i, layer in enumerate(self.cache.layers[: self.n_layers]):
+                k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
+                if not isinstance(k, torch.Tensor) or k.numel() == 0:
+                    continue
+                n = k.numel() * k.element_size() + v.numel() * v.element_size()
+                if kv_swapped or placement[i] == HOST:
+                    hkv += n
+                else:
+                    akv += n
         # the stream window serves the streamed blocks (after a move that failed
         # part-way, offloaded blocks can be a mix of stream and host)
         streamed = [i for i, p in enumerate(self.placement) if p == STREAM]
@@ -144,6 +151,7 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
         """Keep the device's accounting equal to this model's ledger, and its
         reservation equal to what the admitted rows still need (reservation.py)."""
         ledger = ledger or self.ledger()
+        self.last_ledger = ledger  # what the device accounts now (worker._step reuses it)
         self.accel_kv_last = ledger.accel_kv
         total = ledger.accel_total
         delta = total - self._reserved

@@ -2,7 +2,8 @@
 follows where the block executes), its bytes, and moving it across the link
 (host-mode changes and preemption swaps).
 
-Mixed into ``HostedModel``; the cache itself is transformers' (decode.Batch).
+Mixed into ``HostedModel``; the cache itself is kvbuffer.GrowableCache, a transformers
+``Cache`` whose buffers (capacity, not just the used window) are what moves and counts.
 """
 
 from __future__ import annotations

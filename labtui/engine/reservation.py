@@ -58,29 +58,42 @@ def workspace_bytes(config, elsize: int, rows: int, longest: int, prefill_tokens
 
     - per decoded row: d x (6h + 3i) (hidden state, residual, norm, q/k/v/o, MLP
       gate/up/act) + v x (d + 4) (logits and their float32 copy) + a x longest x d
-      (attention scores of one query); plus ``layer_kv``, the one block whose KV is
-      re-concatenated at a time (DynamicCache grows by torch.cat: old + new live);
+      (attention scores of one query); plus ``layer_kv``, the one block whose KV
+      buffer is regrown at a time (kvbuffer.py: old + new live for one block);
     - a prefill of p tokens: p x d x (6h + 3i) + v x (d + 4) (logits of the last
       position only); fused attention (sdpa) never holds the p x p scores, eager
-      attention does: a x p^2 x d; plus ``merge_bytes``, the batch's KV copied once
-      when the new row joins it (torch.cat, old and new alive together).
+      attention does: a x p^2 x d; plus ``merge_bytes``, the batch's KV once more
+      while the new row joins it (the prefill's own cache and, when the batch has no
+      free slot, the reallocated buffer, alive beside the old one).
 
     The step's workspace is the larger of the two (a step is a prefill or a decode).
     """
     if rows <= 0:
         return 0
+    return _workspace(config_dims(config), elsize, rows, longest, prefill_tokens, merge_bytes, layer_kv)
+
+
+def config_dims(config) -> tuple[int, int, int, int, bool]:
+    """(hidden, intermediate, vocab, attention heads, eager attention) from the config."""
     text = getattr(config, "get_text_config", lambda: config)()
     h = _cfg(text, "hidden_size", "n_embd", "d_model", default=0)
     inter = _cfg(text, "intermediate_size", "n_inner", "ffn_dim", default=4 * h)
     vocab = _cfg(text, "vocab_size", default=0)
     heads = _cfg(text, "num_attention_heads", "n_head", default=1)
+    eager = getattr(text, "_attn_implementation", None) == "eager"
+    return h, inter, vocab, heads, eager
+
+
+def _workspace(dims, elsize: int, rows: int, longest: int, prefill_tokens: int, merge_bytes: int, layer_kv: int) -> int:
+    if rows <= 0:
+        return 0
+    h, inter, vocab, heads, eager = dims
     per_tok = elsize * (6 * h + 3 * inter)
     logits = vocab * (elsize + 4)
     decode = rows * (per_tok + logits + heads * longest * elsize) + layer_kv
     prefill = 0
     if prefill_tokens:
         p = prefill_tokens
-        eager = getattr(text, "_attn_implementation", None) == "eager"
         prefill = p * per_tok + logits + (heads * p * p * elsize if eager else 0) + merge_bytes
     return max(decode, prefill)
 
@@ -110,8 +123,13 @@ class Reservation:
             return 0
         layers = self._accel_kv_layers(resident, mode)
         projected = rows * longest * sum(layers)
-        ws = workspace_bytes(self.config, self.elsize, rows, longest, prefill_tokens, merge_bytes,
-                             layer_kv=rows * longest * max(layers, default=0))
+        # The config's sizes, read once: transformers' config attribute access is slow
+        # and this runs for every admission check (the candidates pass, each tick).
+        dims = self.__dict__.get("_config_dims")
+        if dims is None:
+            dims = self.__dict__["_config_dims"] = config_dims(self.config)
+        ws = _workspace(dims, self.elsize, rows, longest, prefill_tokens, merge_bytes,
+                        layer_kv=rows * longest * max(layers, default=0))
         return max(0, projected - kv_accel) + ws
 
     def hold_for(self, ledger) -> int:

@@ -61,7 +61,18 @@ class Streaming:
         return find_decoder_blocks(self.model)[1]
 
     def _streamed_order(self) -> list[int]:
-        return [i for i, p in enumerate(self.placement) if p == STREAM]
+        # asked twice per streamed block per token: kept until the placement changes
+        key = tuple(self.placement)
+        cached = self.__dict__.get("_order_cache")
+        if cached is None or cached[0] != key:
+            order = [i for i, p in enumerate(self.placement) if p == STREAM]
+            cached = self.__dict__["_order_cache"] = (key, order, max((self.blocks[i].nbytes for i in order), default=0))
+        return cached[1]
+
+    def _slot_bytes(self) -> int:
+        """The size of a stream-ring slot: the largest streamed block."""
+        self._streamed_order()
+        return self.__dict__["_order_cache"][2]
 
     def _issue_prefetch(self, after: int) -> None:
         """Keep up to ``prefetch_depth - 1`` streamed blocks in flight after ``after``,
@@ -90,9 +101,11 @@ class Streaming:
         for b in self._free_bufs:
             self.device.accel_free(b)
         self._free_bufs.clear()
+        for u in self.blocks:  # cached views would keep the ring's slots alive
+            u.forget_views()
 
     def _take_buf(self, nbytes: int) -> torch.Tensor:
-        size = max(self.blocks[i].nbytes for i in self._streamed_order())
+        size = self._slot_bytes()
         while self._free_bufs:
             b = self._free_bufs.pop()
             if b.numel() == size:
@@ -115,7 +128,7 @@ class Streaming:
                 buf = self._take_buf(self.blocks[i].nbytes)
                 self._buf_of[i] = buf
                 moved = self.link.copy(self.blocks[i].host_buf, H2D, out=buf)
-            self.blocks[i].bind(moved.tensor)
+            self.blocks[i].bind(moved.tensor, cached=True)
             self.stream_bytes_moved += moved.nbytes
             self._issue_prefetch(i)
             return args, kwargs
@@ -132,7 +145,7 @@ class Streaming:
 
     def _post_block(self, i: int, output):
         if self.placement[i] == STREAM:
-            self.blocks[i].bind(self.blocks[i].host_buf)  # drop the streamed copy
+            self.blocks[i].bind(self.blocks[i].host_buf, cached=True)  # drop the streamed copy
             self._give_buf(i)
             return output
         dt = time.perf_counter() - self._host_t0

@@ -44,14 +44,32 @@ class Unit:
         self.host_buf: torch.Tensor | None = None
         self.accel_buf: torch.Tensor | None = None
         self.kept: dict[int, torch.Tensor] = {}  # non-persistent tensors kept over a disk release
+        # Views of the tensors into a buffer, by the buffer's address: a streamed block
+        # is bound to a stream-ring slot and back to its host buffer twice per token,
+        # and slicing every tensor anew each time was most of that cost. The cached
+        # views keep their buffer alive, so ``forget_views`` must run when a ring
+        # slot goes back to the device (streaming.drain_prefetch).
+        self._views: dict[int, list[torch.Tensor]] = {}
 
-    def bind(self, buf: torch.Tensor) -> None:
-        for s in self.slots:
-            view = buf[s.offset : s.offset + s.nbytes].view(s.dtype).view(s.shape)
+    def _make_views(self, buf: torch.Tensor) -> list[torch.Tensor]:
+        return [buf[s.offset : s.offset + s.nbytes].view(s.dtype).view(s.shape) for s in self.slots]
+
+    def bind(self, buf: torch.Tensor, cached: bool = False) -> None:
+        """Point every tensor of the unit into ``buf``; ``cached``: reuse the views made
+        for this buffer the last time (stream-ring slots and host buffers)."""
+        views = self._views.get(buf.data_ptr()) if cached else None
+        if views is None:
+            views = self._make_views(buf)
+            if cached:
+                self._views[buf.data_ptr()] = views
+        for s, view in zip(self.slots, views, strict=True):
             if s.is_param:
                 s.module._parameters[s.attr].data = view
             else:
                 s.module._buffers[s.attr] = view
+
+    def forget_views(self) -> None:
+        self._views.clear()
 
     def tensors(self) -> list[torch.Tensor]:
         return [

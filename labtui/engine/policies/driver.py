@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from labtui.engine import commands as C
-from labtui.engine.policies.base import Action, LoadPlan, ModelView, View
+from labtui.engine.policies.base import Action, LoadPlan, ModelView, Policy, View
 from labtui.errors import LabError, one_line
 
 PLAN_PERIOD_S = 0.05  # policies plan at most 20 times a second (moves cost link time)
@@ -37,10 +37,29 @@ class PolicyDriver:
         if now - st["t"] < PLAN_PERIOD_S:
             return did
         st["t"] = now
+        if type(self.policy).plan is Policy.plan:
+            # A policy that never plans (fcfs, round robin, ...): building the whole
+            # view each period is scheduler overhead for nothing; keep only the
+            # last-used times current, as a view would.
+            t = self.now()
+            for ms in list(self._models.values()):
+                if ms.hm is not None:
+                    self._last_used(ms, t)
+            return did
         view = self._policy_view()
         for a in self.policy.plan(view) or []:
             did |= self._policy_act(a)
         return did
+
+    def _last_used(self, ms, now: float) -> float:
+        st = self._pstate()
+        used = st["used"].get(ms.id, now)
+        if (len(ms.batch) if ms.batch is not None else 0) or ms.queue:
+            used = now
+        if ms.metrics.last_t is not None:
+            used = max(used, ms.metrics.last_t - self.t0)
+        st["used"][ms.id] = used
+        return used
 
     # -- what policies see
     def _policy_view(self, extra: dict | None = None) -> View:
@@ -69,13 +88,7 @@ class PolicyDriver:
         st = self._pstate()
         hm = ms.hm
         running = len(ms.batch) if ms.batch is not None else 0
-        busy = running or ms.queue
-        used = st["used"].get(ms.id, now)
-        if busy:
-            used = now
-        if ms.metrics.last_t is not None:
-            used = max(used, ms.metrics.last_t - self.t0)
-        st["used"][ms.id] = used
+        used = self._last_used(ms, now)
         spec = st["specs"].get(ms.id)
         t = time.perf_counter()
         oldest = max((t - r.t_submit for r in ms.queue), default=0.0)
@@ -83,16 +96,17 @@ class PolicyDriver:
         pending += sum(max(0, r.max_new_tokens - len(r.out_ids)) for r in (ms.batch.rows if ms.batch else []))
         left = max((max(0, r.max_new_tokens - len(r.out_ids)) for r in (ms.batch.rows if ms.batch else [])), default=0)
         rep = ms.preemption
+        led = hm.ledger()
         return ModelView(
             id=ms.id, state=ms.state, n_layers=hm.n_layers, resident=len(hm.resident_set()), mode=hm.mode,
             queued=len(ms.queue), running=running, priority=ms.priority, weight_bytes=hm.weight_bytes(),
-            accel_bytes=hm.ledger().accel_total, last_used=used,
+            accel_bytes=led.accel_total, last_used=used,
             parked=rep.weights if rep is not None else None, auto_preempted=ms.auto_preempted,
             pin=bool(spec and spec.pin), min_residency=spec.min_residency if spec else 0.0,
             slo_ttft_s=spec.slo_ttft_s if spec else None, slo_tpot_s=spec.slo_tpot_s if spec else None,
             slo_weight=spec.slo_weight if spec else 1.0, decode_tokens=ms.metrics.decode_tokens,
             decode_s=ms.metrics.decode_s, oldest_wait_s=oldest, max_new_tokens=pending, running_left=left,
-            climbing=ms.id in st["climbs"], reloads=tuple(ms.preemptions), kv_bytes=hm.ledger().accel_kv,
+            climbing=ms.id in st["climbs"], reloads=tuple(ms.preemptions), kv_bytes=led.accel_kv,
             arrived=ms.metrics.completed + ms.metrics.cancelled + ms.metrics.failed + len(ms.queue) + running,
             block_bytes=max((b.nbytes for b in hm.blocks), default=0),
         )
