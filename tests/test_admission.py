@@ -298,3 +298,15 @@ def test_close_while_waiting_for_memory_ends_the_waiting_request():
             assert r.done.wait(10) and r.finish_reason in ("engine closed", "length")
     finally:
         eng.close()
+
+
+def test_refusal_sizes_read_unequal_when_they_differ():
+    """A never-fits refusal compares two sizes; when they round alike it shows more
+    digits (a user must be able to see that the need is larger)."""
+    from labtui.engine.devices import fmt_bytes_apart
+
+    need, avail = 2.2 * 2**20 + 3000, 2.2 * 2**20
+    a, b = fmt_bytes_apart(need, avail)
+    assert a != b and a.endswith("MiB") and b.endswith("MiB")
+    assert fmt_bytes_apart(2 * 2**20, 2**20) == ("2.0 MiB", "1.0 MiB")
+    assert fmt_bytes_apart(2**20 + 1, 2**20) == ("1048577 B", "1048576 B")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from labtui.engine import commands as C
 from labtui.engine.decode import Request
-from labtui.engine.devices import fmt_bytes
+from labtui.engine.devices import fmt_bytes, fmt_bytes_apart
 from labtui.engine.kvbuffer import capacity_for
 from labtui.engine.preemption import resume_cost
 from labtui.engine.scheduler import Candidate
@@ -93,10 +93,11 @@ class Admission:
         avail = budget - others
         if need <= avail:
             return None
+        need_s, avail_s = fmt_bytes_apart(need, max(0, avail))
         return (
-            f"a request of {prompt_tokens}+{max_new_tokens} tokens for {ms.id} needs {fmt_bytes(need)} on the "
+            f"a request of {prompt_tokens}+{max_new_tokens} tokens for {ms.id} needs {need_s} on the "
             f"accelerator ({fmt_bytes(base)} weights and buffers, {fmt_bytes(kv_ws)} KV and step workspace) but at "
-            f"most {fmt_bytes(max(0, avail))} of the {fmt_bytes(budget)} budget can be free for it"
+            f"most {avail_s} of the {fmt_bytes(budget)} budget can be free for it"
             + (" (other models' weights hold the rest)" if others else "")
             + "; lower max_new_tokens or the prompt, lower a residency, or raise the budget"
         )

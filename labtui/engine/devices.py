@@ -430,6 +430,21 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def fmt_bytes_apart(a: float, b: float) -> tuple[str, str]:
+    """``fmt_bytes`` of two sizes a message compares ("needs A but at most B"),
+    with as many decimals as it takes for unequal sizes to read unequal."""
+    fa, fb = fmt_bytes(a), fmt_bytes(b)
+    if a == b or fa != fb:
+        return fa, fb
+    unit = fa.split()[1]
+    scale = 1024 ** ("B", "KiB", "MiB", "GiB", "TiB").index(unit)
+    for digits in (2, 3, 4):
+        fa, fb = f"{a / scale:.{digits}f} {unit}", f"{b / scale:.{digits}f} {unit}"
+        if fa != fb:
+            return fa, fb
+    return f"{a:.0f} B", f"{b:.0f} B"
+
+
 def measure_memcpy_gbps(nbytes: int = 64 * 1024**2, repeats: int = 3) -> float:
     """Host memcpy bandwidth: the ceiling for the simulated link's real copies."""
     import time
