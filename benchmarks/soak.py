@@ -166,8 +166,11 @@ async def soak(args) -> dict:
     invariant_failures: list[str] = []
     app = LabApp(eng)
 
+    by_kind: dict[str, list[float]] = {}
+
     def record(seconds: float, kind: str) -> None:
         key_s.append(seconds)
+        by_kind.setdefault(kind, []).append(seconds)
         counts[kind] = counts.get(kind, 0) + 1
 
     async def select(pilot, mid: str) -> None:
@@ -247,6 +250,7 @@ async def soak(args) -> dict:
             await action(pilot)
             await pilot.pause(rng.uniform(0.05, 0.3))
         key_s.clear()
+        by_kind.clear()
         lag_task = asyncio.create_task(_loop_lag(lags, lag_stop))
         if args.tracemalloc:
             import tracemalloc
@@ -266,7 +270,8 @@ async def soak(args) -> dict:
             await action(pilot)
             await pilot.pause(rng.uniform(0.05, 0.5))
             if time.monotonic() >= next_check:
-                check()
+                # on a thread: the check waits for the worker's step, the lab must not
+                await asyncio.to_thread(check)
                 next_check = time.monotonic() + 10
             if time.monotonic() >= next_sample:  # the trend tells a leak from allocator noise
                 rss_samples.append((round(time.monotonic() - t_run), round(_rss_mb(), 1)))
@@ -331,6 +336,7 @@ async def soak(args) -> dict:
         "key_ms_p95": round(1000 * _pct(key_s, 0.95), 1) if key_s else None,
         "key_ms_max": round(1000 * max(key_s), 1) if key_s else None,
         "keys": len(key_s),
+        "key_ms_p95_by_kind": {k: round(1000 * _pct(v, 0.95), 1) for k, v in sorted(by_kind.items())},
         "loop_lag_ms_p95": round(1000 * _pct(lags, 0.95), 1) if lags else None,
         "loop_lag_ms_max": round(1000 * max(lags), 1) if lags else None,
         "requests_completed": sum(v["completed"] or 0 for v in per_model.values()),

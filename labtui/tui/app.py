@@ -142,6 +142,7 @@ class LabApp(App):
         self.series: dict[str, int] = {}
         self.replay = None
         self.recorder = None  # a SessionRecorder once a real engine is up (s saves it)
+        self.trimmer = None  # a HeapTrimmer once a real engine is up
         self.snap = None
         self.first_frame_at: float | None = None
         self._seq = -1
@@ -244,6 +245,10 @@ class LabApp(App):
             self.recorder = SessionRecorder(self.engine)
         self._tick()
         self.set_interval(1.0 / self.POLL_HZ, self._tick)
+        if not self.frozen:  # a lab left open for a day: RSS must not creep (trim.py)
+            from labtui.tui.trim import HeapTrimmer
+
+            self.trimmer = HeapTrimmer().start()
         if self.scenario is not None and self.replay_enabled and not self.frozen:
             from labtui.tui.bridge import Replay
 
@@ -756,6 +761,8 @@ class LabApp(App):
     def on_unmount(self) -> None:
         if self.replay is not None:
             self.replay.stop()
+        if self.trimmer is not None:
+            self.trimmer.stop()
 
 
 def main(scenario_path: str | None, device: str | None, time_scale: float = 1.0) -> int:
