@@ -25,6 +25,7 @@ actions for N minutes. Prints one JSON object:
     python benchmarks/soak.py --minutes 1 --seed 3 --models llama-5m,gpt2-10m
     python benchmarks/soak.py --minutes 3 --profile /tmp/ui.pstats   # the UI thread
     python benchmarks/soak.py --minutes 3 --tracemalloc 25           # what grows
+    python benchmarks/soak.py --minutes 3 --stalls                   # what blocks the UI
 """
 
 from __future__ import annotations
@@ -119,12 +120,38 @@ class Input:
         self.record(time.perf_counter() - t0, kind)
 
 
-async def _loop_lag(lags: list[float], stop: asyncio.Event, period: float = 0.05) -> None:
+async def _loop_lag(lags: list[float], stop: asyncio.Event, beat: list[float], period: float = 0.05) -> None:
     """How late a timer on the lab's event loop fires: the UI thread's longest waits."""
     while not stop.is_set():
         t0 = time.perf_counter()
+        beat[0] = t0
         await asyncio.sleep(period)
         lags.append(max(0.0, time.perf_counter() - t0 - period))
+
+
+def _stall_sampler(beat: list[float], stop, out: dict, threshold: float = 0.25) -> None:
+    """While the event loop is late by more than ``threshold``, sample every 20 ms
+    what the UI thread (and the engine's) is running: a poor man's py-spy."""
+    import collections
+    import threading
+    import traceback
+
+    main_id = threading.main_thread().ident
+    eng_id = next((t.ident for t in threading.enumerate() if t.name == "labtui-engine"), None)
+    counts: collections.Counter = collections.Counter()
+
+    def where(frame, n: int) -> str:
+        st = [f for f in traceback.extract_stack(frame) if "asyncio" not in f.filename]
+        return " < ".join(f"{f.filename.split('/')[-1]}:{f.lineno}:{f.name}" for f in reversed(st[-n:]))
+
+    while not stop.wait(0.02):
+        if time.perf_counter() - beat[0] < threshold + 0.05:
+            continue
+        frames = sys._current_frames()
+        ui = frames.get(main_id)
+        eng = frames.get(eng_id) if eng_id else None
+        counts[("ui: " + (where(ui, 6) if ui else "?"), "engine: " + (where(eng, 2) if eng else "?"))] += 1
+    out["stall_samples_20ms"] = [{"n": n, "ui": k[0], "engine": k[1]} for k, n in counts.most_common(12)]
 
 
 def _round(x: float | None, nd: int = 2) -> float | None:
@@ -251,7 +278,15 @@ async def soak(args) -> dict:
             await pilot.pause(rng.uniform(0.05, 0.3))
         key_s.clear()
         by_kind.clear()
-        lag_task = asyncio.create_task(_loop_lag(lags, lag_stop))
+        beat = [time.perf_counter()]
+        lag_task = asyncio.create_task(_loop_lag(lags, lag_stop, beat))
+        stalls: dict = {}
+        if args.stalls:
+            import threading
+
+            stall_stop = threading.Event()
+            stall_thread = threading.Thread(target=_stall_sampler, args=(beat, stall_stop, stalls), daemon=True)
+            stall_thread.start()
         if args.tracemalloc:
             import tracemalloc
 
@@ -292,6 +327,9 @@ async def soak(args) -> dict:
                                "where": [f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in st.traceback]})
         lag_stop.set()
         await lag_task
+        if args.stalls:
+            stall_stop.set()
+            stall_thread.join()
         # drain: no more actions; everything must finish. Commands sent just before
         # (a preempt from the last dialog) are applied first, and preempted models are
         # resumed for as long as the drain lasts: a resume must not race a preempt
@@ -353,6 +391,7 @@ async def soak(args) -> dict:
         "invariant_failures": invariant_failures,
         "errors": errors[:20],
         **({"tracemalloc_growth": growth} if args.tracemalloc else {}),
+        **stalls,
     }
 
 
@@ -370,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracemalloc", type=int, default=0, metavar="N",
                    help="print the N allocation sites that grew most over the measured run (slow)")
     p.add_argument("--tracemalloc-frames", type=int, default=4)
+    p.add_argument("--stalls", action="store_true", help="sample the UI thread's stack while its loop is late")
     args = p.parse_args(argv)
     import torch
 

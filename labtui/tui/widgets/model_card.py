@@ -120,7 +120,6 @@ class ModelCard(Vertical):
         self._ms = ms
         self._cache: dict[str, object] = {}
         self._spark_drawn = 0.0
-        self._text_drawn = 0.0
         self._widgets: dict[str, object] = {}
         self._shown_ms: ModelSnapshot | None = None  # the snapshot last drawn
         self.slider = ResidencySlider(ms.id, ms.n_layers, ms.resident_layers, classes="slider")
@@ -244,11 +243,6 @@ class ModelCard(Vertical):
             self.phase_bar.report = ms.last_preemption
             self.phase_bar.display = ms.last_preemption is not None
 
-        # the output line changes with every token: twice a second is enough to read
-        if not force and now - self._text_drawn < 0.5 and self._cache.get("text") is not None:
-            self._shown_ms = None  # not all drawn: the next tick draws it, even unchanged
-            return
-        self._text_drawn = now
         text_w = max(10, self._w(".card-text").content_size.width or 60)
         last = one_line_text(ms.last_text)
         # zoo checkpoints have random weights: say so where their noise is shown
