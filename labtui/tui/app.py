@@ -290,9 +290,12 @@ class LabApp(App):
         if not self.frozen and (snap.busy or "idle") != "idle":
             stalled = now - self._seq_changed_at
         stalled_bucket = int(stalled) if stalled >= 1.5 else 0
+        log = self.query_one(EventLog)
         if events:
             self._ev_seq = events[-1].seq
-            self.query_one(EventLog).add_events(events)
+            log.add_events(events)
+        else:
+            log.flush_due()  # what the last polls buffered
             for e in events:
                 if e.kind == "error":
                     self.notify(
