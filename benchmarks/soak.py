@@ -6,16 +6,26 @@ actions for N minutes. Prints one JSON object:
   warm-up (models loaded, a minute of actions: the allocator's working set settles
   in about that long) and at the end, and every 30 s between (a leak is a trend,
   not one difference: glibc's arenas move RSS by tens of MB either way);
+- rss_slope_mb_per_min / rss_slope_2nd_half_mb_per_min: least-squares slope of
+  those samples (the figure the goal is about), over the run and its second half;
 - key_ms_p50 / key_ms_p95 / key_ms_max: how long the lab took to handle a key or
-  click (Pilot returns once the app has processed it and is idle again);
+  click: from posting the event until the app and every widget of the screen have
+  handled it and the messages it caused, and the screen is repainted (``Input``);
+- loop_lag_ms_p95 / loop_lag_ms_max: how late a 50 ms timer on the lab's event
+  loop fires: how long the UI thread was busy (a poll, a repaint) or starved of
+  the GIL by the engine's thread;
 - requests_completed / requests_cancelled / tokens, per model and in total;
 - stuck: requests still queued or running 60 s after the actions stop, the
-  budget is raised and every preempted model is resumed (should be 0);
+  budget is raised and every preempted model is resumed (should be 0), and
+  stuck_detail: those models' state and waiting reason;
 - invariant_failures: ``check_invariants()`` run every ~10 s (should be 0);
 - errors: the engine's ``error`` events (should be none).
 
     python benchmarks/soak.py --minutes 10              # sim, 4 zoo models
     python benchmarks/soak.py --minutes 1 --seed 3 --models llama-5m,gpt2-10m
+    python benchmarks/soak.py --minutes 3 --profile /tmp/ui.pstats   # the UI thread
+    python benchmarks/soak.py --minutes 3 --tracemalloc 25           # what grows
+    python benchmarks/soak.py --minutes 3 --stalls                   # what blocks the UI
 """
 
 from __future__ import annotations
@@ -41,6 +51,111 @@ DEFAULT_MODELS = "llama-5m,qwen3-10m,gpt2-10m,phi3-15m"
 
 def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
+
+
+def _slope(samples: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, MB) samples, in MB per minute."""
+    if len(samples) < 3:
+        return None
+    ts, ys = [t for t, _ in samples], [y for _, y in samples]
+    mt, my = statistics.fmean(ts), statistics.fmean(ys)
+    den = sum((t - mt) ** 2 for t in ts)
+    return 60 * sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True)) / den if den else None
+
+
+class Input:
+    """Keys and clicks into the lab, each timed from posting the event until the app
+    and every widget of its screen have handled it and the messages it caused, and
+    the screen is repainted.
+
+    Why not Pilot.press/click's own return: they also wait for the whole *process*
+    to be CPU-idle (textual._wait.wait_for_idle: twice per key, four times per
+    click, up to 1 s each), which never happens while the engine decodes on its own
+    thread, so they measured that wait (p95 ~1 s, clicks up to 4 s), not the lab.
+    The events here are the ones Pilot sends, posted the same way."""
+
+    def __init__(self, app, pilot, record) -> None:
+        self.app, self.pilot, self.record = app, pilot, record
+
+    async def _settle(self) -> None:
+        # Three rounds: a key reaches the app, then the focused widget, whose action
+        # may post a message back to the app; each round waits for every message
+        # queued before it (Pilot's own _wait_for_screen).
+        for _ in range(3):
+            await self.pilot._wait_for_screen()
+        self.app.screen._on_timer_update()  # the repaint itself (compositor update)
+
+    async def press(self, key: str, kind: str) -> None:
+        from textual import events
+        from textual.keys import _character_to_key
+
+        t0 = time.perf_counter()
+        if len(key) == 1 and not key.isalnum():
+            key = _character_to_key(key)
+        ev = events.Key(key, key if len(key) == 1 else None)
+        ev.set_sender(self.app)
+        self.app._driver.send_message(ev)
+        await self._settle()
+        self.record(time.perf_counter() - t0, kind)
+
+    async def click(self, target, kind: str) -> None:
+        """Click the top-left cell of ``target`` (a widget, or a selector on the
+        screen): OutOfBounds when it is not on screen, NoMatches when there is none."""
+        from textual.events import Click, MouseDown, MouseUp
+        from textual.geometry import Offset
+        from textual.pilot import OutOfBounds
+
+        screen = self.app.screen
+        widget = screen.query_one(target) if isinstance(target, str) else target
+        x, y = widget.region.offset
+        if not widget.region or Offset(x, y) not in screen.size.region:
+            raise OutOfBounds("the widget is not on screen")
+        t0 = time.perf_counter()
+        args = dict(widget=widget, x=x, y=y, delta_x=0, delta_y=0, button=1, shift=False,
+                    meta=False, ctrl=False, screen_x=x, screen_y=y)
+        self.app.mouse_position = Offset(x, y)
+        for cls in (MouseDown, MouseUp, Click):
+            screen._forward_event(cls(**({**args, "chain": 1} if cls is Click else args)))
+        await self._settle()
+        self.record(time.perf_counter() - t0, kind)
+
+
+async def _loop_lag(lags: list[float], stop: asyncio.Event, beat: list[float], period: float = 0.05) -> None:
+    """How late a timer on the lab's event loop fires: the UI thread's longest waits."""
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        beat[0] = t0
+        await asyncio.sleep(period)
+        lags.append(max(0.0, time.perf_counter() - t0 - period))
+
+
+def _stall_sampler(beat: list[float], stop, out: dict, threshold: float = 0.25) -> None:
+    """While the event loop is late by more than ``threshold``, sample every 20 ms
+    what the UI thread (and the engine's) is running: a poor man's py-spy."""
+    import collections
+    import threading
+    import traceback
+
+    main_id = threading.main_thread().ident
+    eng_id = next((t.ident for t in threading.enumerate() if t.name == "labtui-engine"), None)
+    counts: collections.Counter = collections.Counter()
+
+    def where(frame, n: int) -> str:
+        st = [f for f in traceback.extract_stack(frame) if "asyncio" not in f.filename]
+        return " < ".join(f"{f.filename.split('/')[-1]}:{f.lineno}:{f.name}" for f in reversed(st[-n:]))
+
+    while not stop.wait(0.02):
+        if time.perf_counter() - beat[0] < threshold + 0.05:
+            continue
+        frames = sys._current_frames()
+        ui = frames.get(main_id)
+        eng = frames.get(eng_id) if eng_id else None
+        counts[("ui: " + (where(ui, 6) if ui else "?"), "engine: " + (where(eng, 2) if eng else "?"))] += 1
+    out["stall_samples_20ms"] = [{"n": n, "ui": k[0], "engine": k[1]} for k, n in counts.most_common(12)]
+
+
+def _round(x: float | None, nd: int = 2) -> float | None:
+    return None if x is None else round(x, nd)
 
 
 def _pct(xs: list[float], q: float) -> float | None:
@@ -78,10 +193,11 @@ async def soak(args) -> dict:
     invariant_failures: list[str] = []
     app = LabApp(eng)
 
-    async def timed(coro, kind: str) -> None:
-        t0 = time.perf_counter()
-        await coro
-        key_s.append(time.perf_counter() - t0)
+    by_kind: dict[str, list[float]] = {}
+
+    def record(seconds: float, kind: str) -> None:
+        key_s.append(seconds)
+        by_kind.setdefault(kind, []).append(seconds)
         counts[kind] = counts.get(kind, 0) + 1
 
     async def select(pilot, mid: str) -> None:
@@ -90,17 +206,17 @@ async def soak(args) -> dict:
             if card is None:
                 return
             try:
-                await timed(pilot.click(card), "select")
+                await inp.click(card, "select")
                 return
             except OutOfBounds:  # another view is showing, or the card is scrolled away
-                await timed(pilot.press("1"), "view")
+                await inp.press("1", "view")
                 card.scroll_visible(animate=False)
                 await pilot.pause(0.05)
 
     async def action(pilot) -> None:
         snap = eng.snapshot()
         if app.screen is not app.screen_stack[0]:  # a dialog left open: close it
-            await timed(pilot.press("escape"), "escape")
+            await inp.press("escape", "escape")
             return
         mid = rng.choice(ids)
         await select(pilot, mid)
@@ -114,32 +230,32 @@ async def soak(args) -> dict:
             slider.focus()
             key = rng.choice(["left", "right", "shift+left", "shift+right", "home", "end"])
             for _ in range(rng.randint(1, 3)):
-                await timed(pilot.press(key), "slider")
+                await inp.press(key, "slider")
         elif kind == "preempt" and m is not None and m.state not in ("preempted", "preempting"):
-            await timed(pilot.press("p"), "preempt")
+            await inp.press("p", "preempt")
             await pilot.pause(0.1)
             if app.screen is app.screen_stack[0]:  # no dialog (e.g. it was preempted meanwhile)
                 return
             for sel in (rng.choice(["#kv-keep", "#kv-swap", "#kv-drop"]), rng.choice(["#weights-host", "#weights-disk"]), "#ok"):
                 try:
-                    await timed(pilot.click(sel), "preempt")
-                except NoMatches:  # the dialog closed or changed under us
+                    await inp.click(sel, "preempt")
+                except (NoMatches, OutOfBounds):  # the dialog closed or changed under us
                     break
         elif kind == "resume":
-            await timed(pilot.press("r"), "resume")
+            await inp.press("r", "resume")
         elif kind == "mode":
-            await timed(pilot.press("m"), "mode")
+            await inp.press("m", "mode")
         elif kind == "prefetch":
-            await timed(pilot.press("f"), "prefetch")
+            await inp.press("f", "prefetch")
         elif kind == "workload":  # the same command the workload dialog sends, kept small
             app.send(LaunchWorkload(model=mid, kind=rng.choice(["closed", "poisson"]), rate_per_s=4.0,
                                     concurrency=rng.randint(1, 3), requests=rng.randint(2, 6),
                                     prompt_tokens=rng.randint(8, 48), max_new_tokens=rng.randint(8, 48)))
             counts["workload"] = counts.get("workload", 0) + 1
         elif kind == "cancel":
-            await timed(pilot.press("c"), "cancel")
+            await inp.press("c", "cancel")
         else:
-            await timed(pilot.press(rng.choice(["1", "2", "3", "4"])), "view")
+            await inp.press(rng.choice(["1", "2", "3", "4"]), "view")
 
     def check() -> None:
         try:
@@ -147,7 +263,11 @@ async def soak(args) -> dict:
         except AssertionError as e:
             invariant_failures.append(str(e))
 
+    lags: list[float] = []
+    lag_stop = asyncio.Event()
+    prof = None
     async with app.run_test(size=(140, 44)) as pilot:
+        inp = Input(app, pilot, record)
         await pilot.pause(1.0)
         # warm-up: one of each action, a workload per model, then measure from here
         for mid in ids:
@@ -157,35 +277,80 @@ async def soak(args) -> dict:
             await action(pilot)
             await pilot.pause(rng.uniform(0.05, 0.3))
         key_s.clear()
+        by_kind.clear()
+        beat = [time.perf_counter()]
+        lag_task = asyncio.create_task(_loop_lag(lags, lag_stop, beat))
+        stalls: dict = {}
+        if args.stalls:
+            import threading
+
+            stall_stop = threading.Event()
+            stall_thread = threading.Thread(target=_stall_sampler, args=(beat, stall_stop, stalls), daemon=True)
+            stall_thread.start()
+        if args.tracemalloc:
+            import tracemalloc
+
+            tracemalloc.start(args.tracemalloc_frames)
+            tm_start = tracemalloc.take_snapshot()
+        if args.profile:
+            import cProfile
+
+            prof = cProfile.Profile()  # this thread only: the lab's event loop
+            prof.enable()
         rss_start = _rss_mb()
         t_end = time.monotonic() + args.minutes * 60
         next_check = time.monotonic() + 10
-        t_run, rss_samples, next_sample = time.monotonic(), [], time.monotonic() + 30
+        t_run, rss_samples, next_sample = time.monotonic(), [(0, round(rss_start, 1))], time.monotonic() + 30
         while time.monotonic() < t_end:
             await action(pilot)
             await pilot.pause(rng.uniform(0.05, 0.5))
             if time.monotonic() >= next_check:
-                check()
+                # on a thread: the check waits for the worker's step, the lab must not
+                await asyncio.to_thread(check)
                 next_check = time.monotonic() + 10
             if time.monotonic() >= next_sample:  # the trend tells a leak from allocator noise
                 rss_samples.append((round(time.monotonic() - t_run), round(_rss_mb(), 1)))
                 next_sample += 30
         rss_end = _rss_mb()
-        # drain: no more actions; everything must finish
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(args.profile)
+        growth = []
+        if args.tracemalloc:
+            import gc
+
+            gc.collect()
+            diff = tracemalloc.take_snapshot().compare_to(tm_start, "traceback")
+            tracemalloc.stop()
+            for st in diff[: args.tracemalloc]:
+                growth.append({"kib": round(st.size_diff / 1024, 1), "count": st.count_diff,
+                               "where": [f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in st.traceback]})
+        lag_stop.set()
+        await lag_task
+        if args.stalls:
+            stall_stop.set()
+            stall_thread.join()
+        # drain: no more actions; everything must finish. Commands sent just before
+        # (a preempt from the last dialog) are applied first, and preempted models are
+        # resumed for as long as the drain lasts: a resume must not race a preempt
+        # still queued behind it.
         if app.screen is not app.screen_stack[0]:
             await pilot.press("escape")
         eng.set_device_options(memory_gib=max(args.memory_gib, 4.0))
-        for m in eng.snapshot().models:
-            if m.state == "preempted":
-                try:
-                    eng.resume(m.id)
-                except Exception:  # noqa: BLE001 - resumed by the scheduler meanwhile
-                    pass
         t0 = time.monotonic()
-        while not eng.wait_idle(0.5) and time.monotonic() - t0 < args.drain_s:
+        while time.monotonic() - t0 < args.drain_s:
+            for m in eng.fresh_snapshot().models:
+                if m.state == "preempted":
+                    try:
+                        eng.resume(m.id)
+                    except Exception:  # noqa: BLE001 - resumed by the scheduler meanwhile
+                        pass
+            if eng.wait_idle(0.5):
+                break
             await pilot.pause(0.2)
+        drain_s = time.monotonic() - t0
         check()
-        snap = eng.snapshot()
+        snap = eng.fresh_snapshot()
 
     summary = eng.summary()
     eng.close()
@@ -202,17 +367,31 @@ async def soak(args) -> dict:
         "rss_end_mb": round(rss_end, 1),
         "rss_growth_mb": round(rss_end - rss_start, 1),
         "rss_samples_mb": rss_samples,
+        "rss_slope_mb_per_min": _round(_slope(rss_samples)),
+        "rss_slope_2nd_half_mb_per_min": _round(_slope(
+            [x for x in rss_samples if x[0] >= rss_samples[-1][0] / 2])),
         "key_ms_p50": round(1000 * statistics.median(key_s), 1) if key_s else None,
         "key_ms_p95": round(1000 * _pct(key_s, 0.95), 1) if key_s else None,
         "key_ms_max": round(1000 * max(key_s), 1) if key_s else None,
         "keys": len(key_s),
+        "key_ms_p95_by_kind": {k: round(1000 * _pct(v, 0.95), 1) for k, v in sorted(by_kind.items())},
+        "loop_lag_ms_p95": round(1000 * _pct(lags, 0.95), 1) if lags else None,
+        "loop_lag_ms_max": round(1000 * max(lags), 1) if lags else None,
         "requests_completed": sum(v["completed"] or 0 for v in per_model.values()),
         "requests_cancelled": sum(v["cancelled"] or 0 for v in per_model.values()),
         "tokens": sum(v["tokens"] or 0 for v in per_model.values()),
         "per_model": per_model,
         "stuck": sum(m.queued + m.running for m in snap.models),
+        "stuck_detail": [
+            {"model": m.id, "state": m.state, "queued": m.queued, "running": m.running,
+             "mode": m.mode, "residency": round(m.residency, 2), "waiting_reason": m.waiting_reason}
+            for m in snap.models if m.queued or m.running
+        ],
+        "drain_s": round(drain_s, 1),
         "invariant_failures": invariant_failures,
         "errors": errors[:20],
+        **({"tracemalloc_growth": growth} if args.tracemalloc else {}),
+        **stalls,
     }
 
 
@@ -226,6 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-s", type=float, default=60.0, help="RSS settles in about a minute")
     p.add_argument("--drain-s", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--profile", metavar="PATH", help="cProfile the lab's event loop thread (pstats file)")
+    p.add_argument("--tracemalloc", type=int, default=0, metavar="N",
+                   help="print the N allocation sites that grew most over the measured run (slow)")
+    p.add_argument("--tracemalloc-frames", type=int, default=4)
+    p.add_argument("--stalls", action="store_true", help="sample the UI thread's stack while its loop is late")
     args = p.parse_args(argv)
     import torch
 

@@ -27,7 +27,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Container, Vertical, VerticalScroll
 from textual.css.query import NoMatches
-from textual.widgets import Footer, Static, Tab, Tabs
+from textual.widgets import Static, Tab, Tabs
 
 from labtui.engine.commands import (
     CancelWorkload,
@@ -51,6 +51,7 @@ from labtui.tui.messages import (
 )
 from labtui.tui.widgets.chart import ChartData, ScatterChart
 from labtui.tui.widgets.event_log import EventLog
+from labtui.tui.widgets.footer import LabFooter
 from labtui.tui.widgets.header import Caption, DeviceBar
 from labtui.tui.widgets.layer_map import LEGEND
 from labtui.tui.widgets.memory import MemoryPanel, MemoryStrip
@@ -139,10 +140,12 @@ class LabApp(App):
         self.save_dir = Path(save_dir)
         self.frozen = bool(getattr(engine, "frozen", False))
         self.selected: str | None = None
+        self._card_marked: str | None = None  # the card drawn as selected
         self.chart_data = ChartData()
         self.series: dict[str, int] = {}
         self.replay = None
         self.recorder = None  # a SessionRecorder once a real engine is up (s saves it)
+        self.trimmer = None  # a HeapTrimmer once a real engine is up
         self.snap = None
         self.first_frame_at: float | None = None
         self._seq = -1
@@ -195,7 +198,7 @@ class LabApp(App):
             with Vertical(id="right", classes="col -off"):
                 yield MemoryPanel(id="memory", classes="pane")
                 yield EventLog(id="log", classes="pane")
-        yield Footer(compact=True)
+        yield LabFooter(compact=True)
 
     def on_mount(self) -> None:
         self.first_frame_at = time.monotonic()
@@ -245,6 +248,10 @@ class LabApp(App):
             self.recorder = SessionRecorder(self.engine)
         self._tick()
         self.set_interval(1.0 / self.POLL_HZ, self._tick)
+        if not self.frozen:  # a lab left open for a day: RSS must not creep (trim.py)
+            from labtui.tui.trim import HeapTrimmer
+
+            self.trimmer = HeapTrimmer().start()
         if self.scenario is not None and self.replay_enabled and not self.frozen:
             from labtui.tui.bridge import Replay
 
@@ -286,9 +293,12 @@ class LabApp(App):
         if not self.frozen and (snap.busy or "idle") != "idle":
             stalled = now - self._seq_changed_at
         stalled_bucket = int(stalled) if stalled >= 1.5 else 0
+        log = self.query_one(EventLog)
         if events:
             self._ev_seq = events[-1].seq
-            self.query_one(EventLog).add_events(events)
+            log.add_events(events)
+        else:
+            log.flush_due()  # what the last polls buffered
             for e in events:
                 if e.kind == "error":
                     self.notify(
@@ -374,7 +384,9 @@ class LabApp(App):
     # -- selection ---------------------------------------------------------------
 
     def on_model_selected(self, message: ModelSelected) -> None:
-        self.selected = message.model
+        if message.model == self.selected and self._card_marked == message.model:
+            return  # every focus change inside the card says so again: nothing to do
+        self.selected = self._card_marked = message.model
         for card in self.query(ModelCard):
             card.set_class(card.model_id == message.model, "-selected")
             if card.model_id == message.model:
@@ -714,11 +726,15 @@ class LabApp(App):
     def _tab(self, event: Tabs.TabActivated) -> None:
         view = (event.tab.id or "tab-cards").removeprefix("tab-")
         self._view = view
+        # The view classes only style a narrow screen (app.tcss); on a wide one a
+        # restyle of both columns (every card) would be a key's whole cost. A later
+        # switch to narrow restyles the whole screen anyway (its class changes).
+        update = self.screen_stack[0].has_class("-narrow")
         for v in VIEWS:
-            self.query_one(f"#{v}").set_class(v == view, "-active")
+            self.query_one(f"#{v}").set_class(v == view, "-active", update=update)
         # narrow terminals show one pane: hide the column that does not hold it
-        self.query_one("#left").set_class(view not in ("cards", "chart"), "-off")
-        self.query_one("#right").set_class(view not in ("memory", "log"), "-off")
+        self.query_one("#left").set_class(view not in ("cards", "chart"), "-off", update=update)
+        self.query_one("#right").set_class(view not in ("memory", "log"), "-off", update=update)
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -757,6 +773,8 @@ class LabApp(App):
     def on_unmount(self) -> None:
         if self.replay is not None:
             self.replay.stop()
+        if self.trimmer is not None:
+            self.trimmer.stop()
 
 
 def main(scenario_path: str | None, device: str | None, time_scale: float = 1.0) -> int:

@@ -62,12 +62,18 @@ def cell_width(n: int, width: int) -> int:
 class LayerMap(Widget):
     COMPONENT_CLASSES = set(STYLE.values())
 
-    cells: reactive[str] = reactive("", layout=True)
+    # A repaint when cells change; a layout only when their number does (the map's
+    # height depends on it): a layer move must not re-layout the whole screen.
+    cells: reactive[str] = reactive("")
 
     def __init__(self, cells: str = "", **kw) -> None:
         super().__init__(**kw)
         self.set_reactive(LayerMap.cells, cells)
         self.tooltip = LEGEND
+
+    def watch_cells(self, old: str, new: str) -> None:
+        if len(old) != len(new):
+            self.refresh(layout=True)
 
     def _style_for(self, c: str):
         return self.get_component_rich_style(STYLE.get(c, "layermap--host"))

@@ -121,6 +121,7 @@ class ModelCard(Vertical):
         self._ms = ms
         self._cache: dict[str, object] = {}
         self._spark_drawn = 0.0
+        self._widgets: dict[str, object] = {}
         self._shown_ms: ModelSnapshot | None = None  # the snapshot last drawn
         self.slider = ResidencySlider(ms.id, ms.n_layers, ms.resident_layers, classes="slider")
         self.layer_map = LayerMap(ms.layer_cells, classes="layer-map")
@@ -172,13 +173,20 @@ class ModelCard(Vertical):
             self._cache[key] = value
             widget.update(value, layout=False)
 
+    def _w(self, selector: str):
+        # the card's fixed children, found once (a CSS query per field per tick adds up)
+        w = self._widgets.get(selector)
+        if w is None:
+            w = self._widgets[selector] = self.query_one(selector)
+        return w
+
     def _label(self, button: str, label: str) -> None:
         if self._cache.get(button) != label:
             self._cache[button] = label
-            self.query_one(f"#{button}", Button).label = label
+            self._w(f"#{button}").label = label
 
     def _disable(self, button: str, disabled: bool) -> None:
-        b = self.query_one(f"#{button}", Button)
+        b = self._w(f"#{button}")
         if b.disabled != disabled:
             b.disabled = disabled
 
@@ -200,16 +208,12 @@ class ModelCard(Vertical):
         sub = state_line(ms)
         if self.border_subtitle != sub:
             self.border_subtitle = sub
-        for st in (
-            "loading",
-            "serving",
-            "idle",
-            "preempting",
-            "preempted",
-            "resuming",
-            "unloading",
-        ):
-            self.set_class(ms.state == st, f"-state-{st}")
+        # One class change, one restyle of the card's subtree (set_class per state
+        # would restyle it twice per change: serving <-> idle flips often).
+        want = {f"-state-{ms.state}"} if ms.state in STATE_GLYPH else set()
+        have = {c for c in self.classes if c.startswith("-state-")}
+        if want != have:
+            self.set_classes((set(self.classes) - have) | want)
 
         self.layer_map.cells = ms.layer_cells
         self.slider.set_layers_total(ms.n_layers)
@@ -221,7 +225,7 @@ class ModelCard(Vertical):
             self._cache["plan"] = ms.plan
             self.plan_line.show(ms)
 
-        self._set("count", self.query_one(".layer-count", Static), layer_count(ms))
+        self._set("count", self._w(".layer-count"), layer_count(ms))
 
         self._label("btn-mode", ms.mode)
         self._label("btn-prefetch", "prefetch✓" if ms.prefetch else "prefetch✗")
@@ -229,7 +233,7 @@ class ModelCard(Vertical):
         self._disable("btn-preempt", paused or ms.state == "resuming")
         self._disable("btn-resume", ms.state != "preempted")
 
-        self._set("toks", self.query_one(".toks-now", Static), rates_text(ms))
+        self._set("toks", self._w(".toks-now"), rates_text(ms))
         # The history and the figures below redraw once a second (tok/s now at every
         # tick, as btop/nvitop do): each repaint costs CPU, and through the GIL, the
         # engine's decode (measured: the lab must cost the engine < 5% tok/s).
@@ -240,15 +244,17 @@ class ModelCard(Vertical):
             if self._cache.get("hist") != hist:
                 self._cache["hist"] = hist
                 self.spark.data = spark_data(hist, self.spark.size.width)
-            width = self.query_one(".card-metrics", Static).content_size.width or 60
+            width = self._w(".card-metrics").content_size.width or 60
             metrics = metrics_line(ms, width)
-            self._set("metrics", self.query_one(".card-metrics", Static), metrics)
+            self._set("metrics", self._w(".card-metrics"), metrics)
+        else:
+            self._shown_ms = None  # the figures wait their turn: draw them next tick
 
         if self.phase_bar.report != ms.last_preemption:
             self.phase_bar.report = ms.last_preemption
             self.phase_bar.display = ms.last_preemption is not None
 
-        text_w = max(10, self.query_one(".card-text", Static).content_size.width or 60)
+        text_w = max(10, self._w(".card-text").content_size.width or 60)
         last = one_line_text(ms.last_text)
         # zoo checkpoints have random weights: say so where their noise is shown
         hint = "random weights: " if ms.source.startswith("zoo:") and last else ""
@@ -257,7 +263,7 @@ class ModelCard(Vertical):
             (hint, "dim italic"),
             ellipsize(last, text_w - 2 - len(hint)) if last else ("(no output yet)", "dim italic"),
         )
-        self._set("text", self.query_one(".card-text", Static), shown)
+        self._set("text", self._w(".card-text"), shown)
 
     def _fit_buttons(self) -> None:
         width = self.content_size.width
