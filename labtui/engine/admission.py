@@ -28,11 +28,11 @@ class Admission:
         hm, batch = ms.hm, ms.batch
         key = (req, batch.version, batch.length, hm.accel_kv_last, hm._hold, tuple(hm.placement),
                tuple(hm.kv_bytes_per_token), hm._kv_swapped)
-        cached = ms.__dict__.get("_need_cache")
+        cached = ms.need_cache
         if cached is not None and cached[0] == key:
             return cached[1]
         need = self._compute_admission_need(ms, req)
-        ms.__dict__["_need_cache"] = (key, need)
+        ms.need_cache = (key, need)
         return need
 
     def _compute_admission_need(self, ms: ModelState, req: Request) -> int:

@@ -20,6 +20,8 @@ extra headroom fits what is free (budget - used - reserved).
 
 from __future__ import annotations
 
+import functools
+
 from labtui.engine.placement import HOST
 
 
@@ -123,14 +125,15 @@ class Reservation:
             return 0
         layers = self._accel_kv_layers(resident, mode)
         projected = rows * longest * sum(layers)
-        # The config's sizes, read once: transformers' config attribute access is slow
-        # and this runs for every admission check (the candidates pass, each tick).
-        dims = self.__dict__.get("_config_dims")
-        if dims is None:
-            dims = self.__dict__["_config_dims"] = config_dims(self.config)
-        ws = _workspace(dims, self.elsize, rows, longest, prefill_tokens, merge_bytes,
+        ws = _workspace(self._config_dims, self.elsize, rows, longest, prefill_tokens, merge_bytes,
                         layer_kv=rows * longest * max(layers, default=0))
         return max(0, projected - kv_accel) + ws
+
+    @functools.cached_property
+    def _config_dims(self) -> tuple[int, int, int, int, bool]:
+        # The config's sizes, read once: transformers' config attribute access is slow
+        # and this runs for every admission check (the candidates pass, each tick).
+        return config_dims(self.config)
 
     def hold_for(self, ledger) -> int:
         """The headroom the plan needs now: none while preempted (nothing runs)."""

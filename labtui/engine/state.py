@@ -38,3 +38,6 @@ class ModelState:
     corpus: list | None = None
     waiting_reason: str = ""  # why the queue's head is not admitted ("" when it is not waiting)
     waiting_request: str = ""  # the last request an admission_wait event was emitted for
+    # caches of the hot path, each with the key it was computed for:
+    need_cache: tuple | None = None  # (inputs, bytes) of admission's need (admission.py)
+    synced: tuple | None = None  # (batch version, cache, epoch) last synced (worker._step)

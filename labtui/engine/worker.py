@@ -249,7 +249,7 @@ class WorkerLoop:
         # A decode step that finished no row and grew no KV buffer changed neither the
         # ledger nor the plan: reuse the last synced ledger, skip the re-sync (no walk).
         key = (batch.version, id(hm.cache), getattr(hm.cache, "epoch", 0))
-        same = action == "decode" and hm.last_ledger is not None and ms.__dict__.get("_synced") == key
+        same = action == "decode" and hm.last_ledger is not None and ms.synced == key
         led = hm.last_ledger if same else hm.ledger()
         bytes_read = hm.weight_bytes() + led.accel_kv + led.host_kv  # gpt-fast's bytes per step
         ms.metrics.on_step(now, tokens, now - t0, bytes_read, decode=(action == "decode"))
@@ -259,7 +259,7 @@ class WorkerLoop:
         if not same:
             self._set_plan(ms)  # finished rows release their reservation
             hm.sync_reservation(led)
-            ms.__dict__["_synced"] = key
+            ms.synced = key
         for req in finished:
             self._finish(ms, req, cancelled=False, reason=req.finish_reason)
 
