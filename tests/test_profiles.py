@@ -139,6 +139,21 @@ def test_scenario_device_profile():
     assert str(e.value).startswith("s.toml:3: device.profile:") and "did you mean 'gh200'" in str(e.value)
 
 
+def test_scenario_profile_file_resolves_against_the_scenario_folder(tmp_path, monkeypatch):
+    d = tmp_path / "study"
+    d.mkdir()
+    (d / "box.toml").write_text('[profiles.my-box]\nbased_on = "study-a6000"\nh2d_gbps = 24\n')
+    body = '[device]\nkind = "sim"\nprofile = "box.toml#my-box"\n[[models]]\nsource = "zoo:llama-5m"\n'
+    (d / "s.toml").write_text(body)
+    monkeypatch.chdir(tmp_path)  # not the scenario's folder: the old cwd-relative lookup fails here
+    scn = parse_scenario(body, d / "s.toml")
+    assert scn.device.profile == f"{(d / 'box.toml').resolve()}#my-box"
+    assert get_profile(scn.device.engine_kwargs()["profile"]).h2d_gbps == 24
+    with pytest.raises(LabError) as e:
+        parse_scenario(body.replace("box.toml", "nobox.toml"), d / "s.toml")
+    assert "device.profile" in str(e.value) and "nobox.toml" in str(e.value)
+
+
 def test_cli_profiles_and_run_profile(capsys):
     assert main(["profiles", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

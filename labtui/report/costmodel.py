@@ -57,7 +57,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labtui.report.data import Run, dilation_of, group_values, model_source, preemption_rows, residency_of
+from labtui.report.data import (
+    Run,
+    dilation_of,
+    group_values,
+    model_source,
+    preemption_rows,
+    residency_of,
+)
 
 # Activation copies of a host-executed stretch of blocks, as streaming.py makes
 # them on the zoo's llama and qwen3 families (counted: 9 D2H + 1 H2D per forward

@@ -104,7 +104,9 @@ class DeviceTable(_Strict):
     @field_validator("profile")
     @classmethod
     def _profile(cls, v: str | None) -> str | None:
-        if v is not None:
+        # a profile file is checked in check_semantics, once it is resolved
+        # against the scenario's folder (not the caller's working directory)
+        if v is not None and not v.partition("#")[0].endswith(".toml"):
             from labtui.engine.profiles import get_profile
 
             try:
@@ -476,6 +478,21 @@ def check_semantics(scn: Scenario, base: Path | None) -> list[tuple[tuple, str]]
             object.__setattr__(entry, "source", resolve_source(entry.source, base))
         except ValueError as e:
             out.append(((*loc, "source"), str(e)))
+
+    prof = scn.device.profile
+    if prof is not None and prof.partition("#")[0].endswith(".toml"):
+        file, sep, name = prof.partition("#")
+        p = Path(file).expanduser()
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        resolved = str(p.resolve()) + sep + name
+        try:
+            from labtui.engine.profiles import get_profile
+
+            get_profile(resolved)
+            object.__setattr__(scn.device, "profile", resolved)
+        except LabError as e:
+            out.append((("device", "profile"), str(e)))
 
     for i, m in enumerate(scn.models):
         _source(("models", i), m)
