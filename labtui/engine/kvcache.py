@@ -68,18 +68,7 @@ class KVPlacement:
             layer.device = layer.keys.device
         total_b = sum(m.nbytes for m in moved)
         total_s = sum(m.seconds for m in moved)
-        self.emit(
-            "layer_move",
-            model=self.id,
-            layer=i,
-            what="kv",
-            direction=H2D if to_accel else D2H,
-            bytes=total_b,
-            seconds=round(total_s, 6),
-            gbps=round(total_b / total_s / 1e9, 3) if total_s > 0 else 0.0,
-            wait_s=round(sum(m.wait_s for m in moved), 6),
-            reason=reason,
-        )
+        self._emit_move(i, "kv", to_accel, total_b, total_s, sum(m.wait_s for m in moved), reason)
         return total_b, total_s
 
     def swap_kv(self, to_host: bool, reason: str) -> tuple[int, float]:

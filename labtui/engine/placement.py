@@ -181,16 +181,21 @@ class Placement:
             self.device.accel_free(unit.accel_buf)
             unit.accel_buf = None
         unit.bind(dst)
+        self._emit_move(layer, "weights", to_accel, moved.nbytes, moved.seconds, moved.wait_s, reason)
+
+    def _emit_move(self, layer: int, what: str, to_accel: bool, nbytes: int, seconds: float,
+                   wait_s: float, reason: str) -> None:
+        """The one shape of a ``layer_move`` event (weights here, KV in kvcache.py)."""
         self.emit(
             "layer_move",
             model=self.id,
             layer=layer,
-            what="weights",
+            what=what,
             direction=H2D if to_accel else D2H,
-            bytes=moved.nbytes,
-            seconds=round(moved.seconds, 6),
-            gbps=round(moved.gbps, 3),
-            wait_s=round(moved.wait_s, 6),
+            bytes=nbytes,
+            seconds=round(seconds, 6),
+            gbps=round(nbytes / seconds / 1e9, 3) if seconds > 0 else 0.0,
+            wait_s=round(wait_s, 6),
             reason=reason,
         )
 
