@@ -67,7 +67,11 @@ DEFAULT_TTFT_S = 2.0  # objectives for models whose Load gives none
 DEFAULT_TPOT_S = 0.25
 KV_HEADROOM = 1.5  # plan room for the KV a busy model holds, times this (it grows)
 DISK_GBPS_SEED = 2.0
-SLO_MARGIN = 0.5  # plan for TPOT within half its target (prefill steps and a shared CPU cost the rest)  # seed for a disk reload before one is measured
+# plan for TPOT within 80% of its target: the observed contention already multiplies
+# every prediction (prefill steps interleaved, a shared CPU), so the margin is for
+# noise only; a deeper one counts that contention twice and sends models to wait
+# their turn (TTFT) for a TPOT they would have met sharing
+SLO_MARGIN = 0.8
 
 
 @dataclass
@@ -88,6 +92,7 @@ class _Learned:
     tp_t: float | None = None  # contention window start (running requests), its tokens, its prediction
     tp_tok: int = 0
     tp_pred: float | None = None
+    obs_tpot: float | None = None  # observed wall seconds per token of its running requests (EWMA, ~1 s)
 
 
 class Planner(Policy):
@@ -107,6 +112,7 @@ class Planner(Policy):
         # interleaved, a shared CPU), learned from the engine's own steps
         self.contention = 1.0
         self._turn: str | None = None  # the model served while others wait their turn
+        self._turn_end = 0.0  # when the turn's served batch was predicted to drain
         self._hold: set[str] = set()  # models that admit no new request now (pick)
         self._pred_tpot: dict[str, float] = {}
 
@@ -180,15 +186,22 @@ class Planner(Policy):
         next one's time, not skipped), against the TPOT predicted then."""
         if not m.running or m.preempted or m.climbing:
             lr.tp_t = None
+            if not m.running:
+                lr.obs_tpot = None
             return
         if lr.tp_t is None:
             lr.tp_t, lr.tp_tok, lr.tp_pred = view.now, m.decode_tokens, self._pred_tpot.get(m.id)
             return
         if m.decode_tokens > lr.tp_tok:
             steps = (m.decode_tokens - lr.tp_tok) / m.running
-            if lr.tp_pred and steps >= 1:
+            if steps >= 1:
                 obs = (view.now - lr.tp_t) / steps
-                self.contention = min(8.0, max(1.0, 0.7 * self.contention + 0.3 * obs / lr.tp_pred))
+                # time-weighted (a time constant of about a second, not a fixed share
+                # per 50 ms window): one busy window on a shared CPU moves it little
+                a = min(1.0, (view.now - lr.tp_t) / 1.0)
+                lr.obs_tpot = obs if lr.obs_tpot is None else (1 - a) * lr.obs_tpot + a * obs
+                if lr.tp_pred:
+                    self.contention = min(8.0, max(1.0, (1 - a) * self.contention + a * obs / lr.tp_pred))
             lr.tp_t, lr.tp_tok, lr.tp_pred = view.now, m.decode_tokens, self._pred_tpot.get(m.id)
 
     def _calibrate(self, view: View, m: ModelView, lr: _Learned, meas: float) -> None:
@@ -283,8 +296,14 @@ class Planner(Policy):
         tp = sum(self.step_s(view, b, *ks[b.id]) for b in busy) * self.contention
         for b in busy:
             slo = self.slo.get(b.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))
-            target = slo[1] * SLO_MARGIN  # predictions miss prefills and contention: aim lower
+            target = slo[1] * SLO_MARGIN  # headroom for noise
             viol += b.slo_weight * max(0.0, tp - target) / target
+            if b.queued and b.max_batch and b.running >= b.max_batch:
+                # a backlog behind a full batch: its oldest request's first token waits
+                # for the batch's longest remainder at this placement's time per token
+                # (the faster the model steps, the sooner it gets a slot: TTFT)
+                ttft = slo[0] * SLO_MARGIN
+                viol += b.slo_weight * max(0.0, b.oldest_wait_s + b.running_left * tp - ttft) / ttft
             good += max(1, b.running) / tp if tp > 0 else 0.0
         return viol, -good
 
@@ -304,6 +323,18 @@ class Planner(Policy):
             k0 = m.min_layers if m.pin else 0
             # the cheaper offload mode at the minimum (host needs no stream window)
             ks[m.id] = min(((k0, md) for md in ("host", "stream")), key=lambda p: view.bytes_for(m.id, *p))
+        # no demotion of a model that is serving and meeting its TPOT target where it
+        # is: its current placement is its floor (taking its blocks would cost it link
+        # time and steps for another model's gain); floors give way first when the
+        # minimums do not fit
+        floors = {}
+        for m in busy:
+            obs = self._l(m).obs_tpot  # what its running requests get where it is now
+            if not m.running or m.preempted or m.climbing or obs is None:
+                continue
+            if m.id in ks and m.resident > ks[m.id][0] and obs <= self.slo.get(m.id, (0, DEFAULT_TPOT_S, 1))[1]:
+                floors[m.id] = ks[m.id]
+                ks[m.id] = (m.resident, m.mode)
 
         def need(mid: str) -> int:
             k, mode = ks[mid]
@@ -313,6 +344,12 @@ class Planner(Policy):
         acts: list[Action] = []
         budget = int(view.budget * 0.97)  # a little slack: KV grows between plans
         total = sum(need(mid) for mid in ks)
+        for mid, p in floors.items():
+            if total <= budget:
+                break
+            total -= need(mid)
+            ks[mid] = p
+            total += need(mid)
         # 1. if the minimums do not fit: recently active models without work leave
         # first, then the busy, unpinned model with the least SLO weight is preempted
         for m in sorted((m for m in active if not m.busy and not m.pin), key=lambda m: m.last_used):
@@ -385,18 +422,20 @@ class Planner(Policy):
         # with only queued requests wait, weights parked on the host (cheap to bring
         # back). A model with running requests is never made to wait.
         viol_share = self._cost(view, ks, busy)[0]
+        turn = self._turn_now(view)  # reads the last plan's hold
         self._hold = set()
-        turn = self._turn_now(view)
         offloaded = any(ks[b.id][0] < b.n_layers for b in busy if b.id in ks)
         if turn is not None or (len(busy) >= 2 and (viol_share > 0 or offloaded)):
             alt = self._turns(view, ks, busy, budget, served=turn)
             # at equal predicted violation, turns: every busy model whole when served
             # (its blocks computed where they live, no link time per step)
             if alt is not None and (turn is not None or alt[2] <= viol_share):
-                ks2, waiting, viol_turns, u = alt
+                ks2, waiting, viol_turns, u, wait = alt
                 # a turn lasts while the served model has running requests (no flapping
                 # between sharing and turns at every plan), unless a waiting model's
                 # TTFT is at risk (_turn_now)
+                if self._turn != u:
+                    self._turn_end = view.now + wait
                 self._turn = u
                 for w in waiting:
                     ks.pop(w.id, None)
@@ -455,16 +494,14 @@ class Planner(Policy):
             why = (f"predicted {1.0 / pred:.0f} tok/s, TPOT {tpot * 1e3:.0f} ms (x{self.contention:.1f} observed contention) "
                    f"{'meets' if tpot <= slo[1] else 'misses'} its {slo[1] * 1e3:.0f} ms")
             if m.preempted:
-                if m.auto_preempted and m.busy and view.now - self._l(m).last_refused > 0.3:
+                if m.auto_preempted and m.busy and view.now - self._l(m).last_refused > 0.1:
                     # pipelined when the reload costs many decode steps (a slow link: the
                     # first token comes long before the weights are back); on a link that
                     # reloads in about a step, the sequential reload is sooner (docs/policies.md)
                     rel = self.reload_s(view, m, m.parked or "host")
                     pipe = rel > PIPELINE_STEPS * self.step_s(view, m, m.n_layers, "resident")
                     how = "pipelined" if pipe else f"sequentially (reload {rel * 1e3:.0f} ms, about a step)"
-                    resumes.append(Action(C.Resume(model=mid, residency=k / m.n_layers, mode=mode, pipelined=pipe,
-                                                   start_mode=mode),
-                                          f"{mid} has work: resume {how} to {k}/{m.n_layers} blocks ({mode}): {why}"))
+                    resumes.append((m, k, mode, pipe, how, why))
                 continue
             if not (must or worth) or (m.climbing and not must):
                 continue
@@ -496,6 +533,7 @@ class Planner(Policy):
                          f"{mid} to {k / m.n_layers:.0%} {mode}: {why}"
                          + (f"; frees {freed / 2**20:.0f} MiB" if freed > 0 else ""))
             (shrinks if freed > 0 else grows).append(act)
+        resumes = self._fit_resumes(view, acts + shrinks, resumes)
         evicted = {a.model for a in acts if isinstance(a.cmd, C.Preempt)}
         for m in models:  # the models this plan leaves out: idle, evicted or preempted
             if m.id not in self.plan_rows:
@@ -503,6 +541,37 @@ class Planner(Policy):
                 self.plan_rows[m.id] = PlanRow(m.id, 0 if gone else m.resident, m.n_layers, m.mode, 0.0, 0.0,
                                                "preempted" if m.preempted else "evicted" if gone else "idle")
         return acts + shrinks + resumes + grows
+
+    def _fit_resumes(self, view: View, before: list[Action], resumes: list[tuple]) -> list[Action]:
+        """Resume actions sized to the memory free once the evictions and shrinks that
+        run before them are done: a resume the budget refuses (admitted requests hold
+        headroom the plan does not see) costs the waiting request a retry, so a model
+        comes back with the most blocks that fit now (the rest on the host) and grows
+        at a later plan."""
+        free = view.free
+        for a in before:
+            m = view.models.get(a.model)
+            if m is None or m.preempted:
+                continue
+            if isinstance(a.cmd, C.Preempt):
+                free += m.accel_bytes
+            elif isinstance(a.cmd, C.SetResidency):
+                k = int(round(a.cmd.residency * m.n_layers))
+                free += max(0, m.accel_bytes - m.kv_bytes - view.bytes_for(m.id, k, a.cmd.mode or m.mode))
+        free = int(free * 0.97)  # KV grows between the plan and the resume
+        out = []
+        for m, k, mode, pipe, how, why in resumes:
+            k2, mode2 = k, mode
+            while k2 > 0 and view.bytes_for(m.id, k2, mode2, kv=True) > free:
+                k2, mode2 = k2 - 1, "host"
+            if view.bytes_for(m.id, k2, mode2, kv=True) > free:
+                k2, mode2 = k, mode  # nothing fits yet: ask anyway (refused: retried)
+            note = "" if (k2, mode2) == (k, mode) else f" (now {k2}/{m.n_layers} {mode2}: what is free)"
+            free -= view.bytes_for(m.id, k2, mode2, kv=True)
+            out.append(Action(C.Resume(model=m.id, residency=k2 / m.n_layers, mode=mode2, pipelined=pipe,
+                                       start_mode=mode2),
+                              f"{m.id} has work: resume {how} to {k}/{m.n_layers} blocks ({mode}){note}: {why}"))
+        return out
 
     def _whole_fill(self, view: View, ks: dict, busy: list[ModelView], budget: int) -> dict | None:
         """The most urgent busy model whole, the other kept models filled block by
@@ -538,11 +607,16 @@ class Planner(Policy):
         if u is None:
             return None
         m = view.models.get(u)
-        over = m is None or not m.busy
+        # over when the served model has nothing left, or when its batch has drained
+        # while it is held (it admits nothing new while others wait: its held queue
+        # would otherwise keep the turn, and the waiting models, going until their TTFT)
+        over = m is None or not m.busy or (not m.running and u in self._hold)
         for w in view.models.values():
             if w.id != u and w.busy and not w.running:
                 ttft = self.slo.get(w.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
-                over |= w.oldest_wait_s > TURN_TTFT_SHARE * ttft
+                # the turn's cost already charged the waiting models the predicted
+                # wait: it ends early only once that prediction has run out
+                over |= w.oldest_wait_s > TURN_TTFT_SHARE * ttft and view.now >= self._turn_end
         if over:
             self._turn = None
         return self._turn
@@ -585,10 +659,16 @@ class Planner(Policy):
         # remainder (a batch decodes together), not by its whole queue
         per_req = u.max_new_tokens / max(1, u.queued + u.running)
         wait = (u.running_left if u.running else per_req) * step
+        # moves are lost service: the served model's reload (when it is parked) delays
+        # every waiting model, and each waiting model's own reload (weights back from
+        # the host when its turn comes) delays its first token
+        if u.preempted:
+            wait += self.reload_s(view, u, u.parked or "host")
         work = 0.0
         for w in waiting:
             ttft = self.slo.get(w.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
-            viol += w.slo_weight * max(0.0, w.oldest_wait_s + wait - ttft) / ttft
+            back = self.reload_s(view, w, w.parked or "host")
+            viol += w.slo_weight * max(0.0, w.oldest_wait_s + wait + back - ttft) / ttft
             work += w.max_new_tokens / max(1, w.queued + w.running) * self.step_s(view, w, w.n_layers, "stream") \
                 * self.contention
         if u.queued and any(w.oldest_wait_s > u.oldest_wait_s for w in waiting):
@@ -596,7 +676,7 @@ class Planner(Policy):
             # only when a waiting model has waited longer: pick's admission order)
             ttft = self.slo.get(u.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
             viol += u.slo_weight * max(0.0, u.oldest_wait_s + wait + work - ttft) / ttft
-        return ks2, waiting, viol, u.id
+        return ks2, waiting, viol, u.id, wait
 
     def on_decision(self, action: Action, ok: bool, view_now: float) -> None:
         if not ok and action.model in self.learned:
