@@ -60,7 +60,11 @@ MIN_MOVE_BLOCKS = 2
 PIPELINE_STEPS = 3.0  # resume pipelined when the reload takes more than this many resident steps
 TURN_TTFT_SHARE = 0.5  # a turn ends once a waiting model has used this share of its TTFT target
 DWELL_S = 4.0  # the longest a model waits after a move before it grows again
-MIN_DWELL_S = 0.25  # the shortest (moves on a fast link cost milliseconds)
+CONTENTION_TAU_S = 1.0  # time constant of the observed contention and TPOT (EWMA over time)
+# the shortest dwell: a move is not reversed before the measurements that motivated
+# it have been renewed (one time constant), so noise on a shared CPU cannot make a
+# model's blocks flap between two models at every plan
+MIN_DWELL_S = CONTENTION_TAU_S
 DWELL_LINK_X = 20.0  # dwell = this many times the move's own link time (within the two)
 EWMA = 0.3
 DEFAULT_TTFT_S = 2.0  # objectives for models whose Load gives none
@@ -198,7 +202,7 @@ class Planner(Policy):
                 obs = (view.now - lr.tp_t) / steps
                 # time-weighted (a time constant of about a second, not a fixed share
                 # per 50 ms window): one busy window on a shared CPU moves it little
-                a = min(1.0, (view.now - lr.tp_t) / 1.0)
+                a = min(1.0, (view.now - lr.tp_t) / CONTENTION_TAU_S)
                 lr.obs_tpot = obs if lr.obs_tpot is None else (1 - a) * lr.obs_tpot + a * obs
                 if lr.tp_pred:
                     self.contention = min(8.0, max(1.0, (1 - a) * self.contention + a * obs / lr.tp_pred))
@@ -515,9 +519,13 @@ class Planner(Policy):
             # the last one soon (a burst needs its blocks now); a slow link dwells long
             dwell = min(DWELL_S, max(MIN_DWELL_S, DWELL_LINK_X * abs(k - m.resident) * m.block_bytes
                                      / (view.link_gbps * 1e9)))
-            if not below_min and (small or view.now - lr.last_move < dwell) and k >= m.resident:
+            # within its dwell a busy model is not moved again, either way, unless
+            # the budget is exceeded now or a pin's minimum needs it (an idle one has
+            # no service to lose) (a resume that needs
+            # its room comes back with what is free: _fit_resumes)
+            if m.busy and not below_min and not over and view.now - lr.last_move < dwell:
                 continue
-            if k < m.resident and small:
+            if small and not below_min:
                 continue
             lr.last_move = view.now
             freed = m.accel_bytes - m.kv_bytes - view.bytes_for(mid, k, mode)
