@@ -117,6 +117,7 @@ class Planner(Policy):
         self.contention = 1.0
         self._turn: str | None = None  # the model served while others wait their turn
         self._turn_end = 0.0  # when the turn's served batch was predicted to drain
+        self._pause_until: dict[str, float] = {}  # paused running models: when their TPOT slack is spent
         self._hold: set[str] = set()  # models that admit no new request now (pick)
         self._pred_tpot: dict[str, float] = {}
 
@@ -308,6 +309,15 @@ class Planner(Policy):
                 # (the faster the model steps, the sooner it gets a slot: TTFT)
                 ttft = slo[0] * SLO_MARGIN
                 viol += b.slo_weight * max(0.0, b.oldest_wait_s + b.running_left * tp - ttft) / ttft
+            lr = self.learned.get(b.id)
+            if lr is not None and lr.rate > 0 and b.max_batch:
+                # queueing (Little's law): requests arriving at its observed rate, each
+                # holding a batch slot for its tokens at this time per token, need
+                # rate x tokens x tp slots; beyond max_batch the queue, and TTFT, grow
+                # without bound (a burst served slowly misses its later requests)
+                per_req = b.max_new_tokens / max(1, b.queued + b.running)
+                rho = lr.rate * per_req * tp / b.max_batch
+                viol += b.slo_weight * max(0.0, rho - 1.0)
             good += max(1, b.running) / tp if tp > 0 else 0.0
         return viol, -good
 
@@ -441,14 +451,22 @@ class Planner(Policy):
                 if self._turn != u:
                     self._turn_end = view.now + wait
                 self._turn = u
+                pausable = self._pausable(view, busy, view.models[u])
                 for w in waiting:
                     ks.pop(w.id, None)
                     busy = [b for b in busy if b.id != w.id]
                     if not w.preempted:
+                        paused = ""
+                        if w.running and w.id in pausable:
+                            # its running requests absorb the pause within their TPOT
+                            # target: the turn ends when that slack is spent (_turn_now)
+                            self._pause_until[w.id] = view.now + pausable[w.id]
+                            paused = (f"; its {w.running} running request(s) pause: {pausable[w.id]:.2f} s of TPOT "
+                                      f"slack against {self._pause_s(view, view.models[u]):.2f} s for {u}'s batch")
                         acts.append(Action(C.Preempt(model=w.id, kv="swap", weights="host"),
-                                           f"taking turns: sharing misses TPOT targets (weighted violation "
+                                           f"taking turns: sharing misses targets (weighted violation "
                                            f"{viol_share:.2f}, {viol_turns:.2f} in turns); {w.id} waits while {u} "
-                                           f"is served, weights parked on the host"))
+                                           f"is served, weights parked on the host{paused}"))
                     self.plan_rows[w.id] = PlanRow(w.id, 0, w.n_layers, "host", 0.0, 0.0, "waits its turn")
                 ks.update(ks2)
                 # admission order: the served model admits no new request while a
@@ -619,6 +637,13 @@ class Planner(Policy):
         # while it is held (it admits nothing new while others wait: its held queue
         # would otherwise keep the turn, and the waiting models, going until their TTFT)
         over = m is None or not m.busy or (not m.running and u in self._hold)
+        # a model paused with running requests waits only while its TPOT slack lasts
+        for mid, until in list(self._pause_until.items()):
+            w = view.models.get(mid)
+            if w is None or not w.preempted or not w.busy:
+                del self._pause_until[mid]
+            elif view.now >= until:
+                over = True
         for w in view.models.values():
             if w.id != u and w.busy and not w.running:
                 ttft = self.slo.get(w.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
@@ -647,7 +672,8 @@ class Planner(Policy):
         remaining work (and u's own queue by theirs)."""
         if u.id not in ks:
             return None
-        keep = [b for b in busy if b.running or b.pin or b.id == u.id]
+        pausable = self._pausable(view, busy, u)
+        keep = [b for b in busy if (b.running and b.id not in pausable) or b.pin or b.id == u.id]
         waiting = [b for b in busy if b not in keep]
         if not waiting:
             return None
@@ -685,6 +711,35 @@ class Planner(Policy):
             ttft = self.slo.get(u.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
             viol += u.slo_weight * max(0.0, u.oldest_wait_s + wait + work - ttft) / ttft
         return ks2, waiting, viol, u.id, wait
+
+    def _pause_s(self, view: View, u: ModelView) -> float:
+        """Seconds serving ``u``'s waiting batch whole would take (its requests' tokens
+        at its whole-model step, times the contention), with its reload."""
+        per_req = u.max_new_tokens / max(1, u.queued + u.running)
+        t = per_req * self.step_s(view, u, u.n_layers, "stream") * self.contention
+        return t + (self.reload_s(view, u, u.parked or "host") if u.preempted else 0.0)
+
+    def _pausable(self, view: View, busy: list[ModelView], u: ModelView) -> dict[str, float]:
+        """Models with running requests that may wait while ``u``'s queued requests are
+        served: preemption as a per-model penalty. A running model's requests keep
+        their TPOT target if the pause, spread over the tokens they still make, fits
+        in the slack between what they observe and the target (with the margin):
+        model -> the longest pause it absorbs. Only for a ``u`` that is waiting with
+        nothing running, never a pinned model."""
+        if u.running or not u.queued:
+            return {}
+        pause = self._pause_s(view, u)
+        out = {}
+        for r in busy:
+            lr = self._l(r)
+            if r.id == u.id or not r.running or r.pin or r.preempted or r.climbing or lr.obs_tpot is None:
+                continue
+            target = self.slo.get(r.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[1] * SLO_MARGIN
+            left = max(1, r.running_left)
+            slack = (target - lr.obs_tpot) * left - 2 * self.reload_s(view, r, "host")
+            if slack > pause:
+                out[r.id] = slack
+        return out
 
     def on_decision(self, action: Action, ok: bool, view_now: float) -> None:
         if not ok and action.model in self.learned:
