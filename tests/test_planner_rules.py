@@ -65,3 +65,23 @@ def test_a_turn_is_not_cut_before_the_wait_it_was_charged_has_passed():
     p._turn_end = 11.0  # the turn was predicted to cost B its wait until t = 11 s
     assert p._turn_now(_view([served, waiting], free=0, now=10.5)) == "A"
     assert p._turn_now(_view([served, waiting], free=0, now=11.2)) is None
+
+
+def test_a_running_model_is_paused_only_when_its_tpot_slack_absorbs_the_pause():
+    p = Planner()
+    p.slo.update({"A": (1.0, 0.15, 1.0), "B": (1.0, 0.15, 1.0)})
+    b = _mv("B", state="preempted", queued=4, max_new_tokens=4 * 24, parked="host", accel_bytes=0)
+    view = _view([_mv("A", running=4, running_left=20), b], free=0)
+    p._l(view.models["B"]).step_s[(8, "resident")] = 0.02  # B whole: 24 tokens x 20 ms = 0.48 s
+    p._l(view.models["B"]).reload_s["host"] = 0.01
+    p._l(view.models["A"]).reload_s["host"] = 0.01
+    p._l(view.models["A"]).obs_tpot = 0.03  # slack (0.12 - 0.03) x 20 tokens = 1.8 s
+    assert "A" in p._pausable(view, list(view.models.values()), b)
+    p._l(view.models["A"]).obs_tpot = 0.10  # slack 0.02 x 20 = 0.4 s < the 0.49 s pause
+    assert p._pausable(view, list(view.models.values()), b) == {}
+    p._l(view.models["A"]).obs_tpot = 0.03
+    pinned = _view([_mv("A", running=4, running_left=20, pin=True), b], free=0)
+    assert p._pausable(pinned, list(pinned.models.values()), b) == {}  # a pinned model never waits
+    # nor for a model that is itself running (it is being served already)
+    busy_b = _mv("B", running=1, queued=3, max_new_tokens=96)
+    assert p._pausable(view, [view.models["A"], busy_b], busy_b) == {}

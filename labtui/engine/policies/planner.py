@@ -29,15 +29,23 @@ Every ``PLAN_PERIOD_S`` it computes a target placement for every model:
    and host at its block count; compared with the most urgent model whole and the
    others filled into the rest;
 4. taking turns (one model served whole, the busy models with only queued
-   requests wait, weights parked on the host) when sharing leaves a busy model
+   requests wait, weights parked on the host; a model with running requests too
+   when its TPOT slack absorbs the pause) when sharing leaves a busy model
    offloaded and turns predict no more violation; a turn lasts while the served
    batch drains, the served model admitting nothing new while a model that has
    waited longer waits (pick); an idle model left with no block is parked.
 
+The cost of a placement: each busy model's predicted TPOT against 80% of its
+target, the TTFT of a backlog behind a full batch, and its queueing load factor
+(arrival rate x tokens x TPOT / max_batch) beyond 1; moves are lost service
+(reloads delay first tokens in a turn's cost). A model serving within its TPOT
+target keeps its placement as a floor.
+
 Hysteresis: a model is moved only when the target differs by at least
-``MIN_MOVE_BLOCKS`` blocks (or it must shrink to make room, or it is below its
-minimum), and a grow not within its dwell of its last move (20x the move's link
-time, ``MIN_DWELL_S``..``DWELL_S``). Preempted models with work are
+``MIN_MOVE_BLOCKS`` blocks (or it is below its pinned minimum), and a busy model
+not within its dwell of its last move, either way, unless the budget is exceeded
+(20x the move's link time, ``MIN_DWELL_S`` = the measurements' time constant ..
+``DWELL_S``). Resumes are sized to the memory free after the plan's shrinks. Preempted models with work are
 resumed pipelined (decode starts when the embedding and first block are back; the
 residency climbs block by block) when the reload costs more than ``PIPELINE_STEPS``
 resident steps, else sequentially. Step choice (admission order): a decode step
@@ -434,7 +442,8 @@ class Planner(Policy):
         # 2b. taking turns: when sharing the accelerator still misses TPOT targets,
         # compare with serving the most urgent model (nearly) whole while the models
         # with only queued requests wait, weights parked on the host (cheap to bring
-        # back). A model with running requests is never made to wait.
+        # back). A model with running requests waits only when its TPOT slack
+        # absorbs the pause (_pausable).
         viol_share = self._cost(view, ks, busy)[0]
         turn = self._turn_now(view)  # reads the last plan's hold
         self._hold = set()
