@@ -4,7 +4,7 @@
 # Every scenarios/bench/*.toml with --quick (ollama, llamacpp-router, static-split and
 # planner, 4 repetitions each, interleaved), then the pipelined-resume benchmark on sim
 # and under the study's profile (study-a6000), then `labtui report`; the resume table
-# is appended to the report. About 15 minutes on the project's 2-core VM.
+# is appended to the report. About 10 minutes on the project's 2-core VM (542 s shared).
 set -e
 out=${1:-runs/bench-quick}
 start=$(date +%s)
