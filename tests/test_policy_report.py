@@ -73,3 +73,27 @@ def test_timeline_figure_draws_the_planner_against_the_best_baseline(tmp_path):
     assert timeline_figure([b], ["hot-cold"], tmp_path) is None  # only a bursty workload gets it
     stem = timeline_figure([b], ["bursty-pair"], tmp_path)
     assert stem == "policy_timeline" and (tmp_path / "policy_timeline.png").stat().st_size > 1000
+
+
+def test_ratio_ci_brackets_the_ratio_and_widens_with_spread():
+    from labtui.report.policies import goal_of, ratio_ci
+
+    r, lo, hi = ratio_ci([0.8, 0.9, 1.0], [0.4, 0.45, 0.5])
+    assert abs(r - 2.0) < 1e-9 and 1.0 < lo < 2.0 < hi
+    _, lo2, hi2 = ratio_ci([0.5, 0.9, 1.3], [0.4, 0.45, 0.5])
+    assert lo2 < lo and hi2 > hi
+    assert ratio_ci([0.9], [0.5, 0.6]) is None and ratio_ci([0.9, 0.8], [0.0, 0.0]) is None
+    assert ratio_ci([0.5, 0.5], [0.25, 0.25]) == (2.0, 2.0, 2.0)
+    assert goal_of("bursty-pair") == 1.5 and goal_of("hot-cold") == 1.0
+    t = {"ollama": {"attainment": {"mean": 0.45, "values": [0.4, 0.45, 0.5]}},
+         "planner": {"attainment": {"mean": 0.9, "values": [0.8, 0.9, 1.0]}}}
+    assert f"[95% CI {lo:.2f}, {hi:.2f}]" in verdict(t)
+
+
+def test_resume_bench_rejects_bad_input_in_one_line(capsys):
+    from labtui.engine.policies.resume_bench import main
+
+    assert main(["--profiles", "no-such-profile", "--reps", "1"]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "no-such-profile" in out[0]
+    assert main(["--reps", "0"]) == 2

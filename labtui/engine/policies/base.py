@@ -90,6 +90,7 @@ class ModelView:
     arrived: int = 0  # requests it has been given so far (finished + queued + running)
     block_bytes: int = 0  # bytes of one decoder block (the largest)
     reloads: tuple = ()  # its completed PhaseReports (resume costs measured)
+    max_batch: int = 0  # requests it decodes together at most (0: not given)
 
     @property
     def busy(self) -> bool:

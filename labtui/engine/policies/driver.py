@@ -108,7 +108,7 @@ class PolicyDriver:
             decode_s=ms.metrics.decode_s, oldest_wait_s=oldest, max_new_tokens=pending, running_left=left,
             climbing=ms.id in st["climbs"], reloads=tuple(ms.preemptions), kv_bytes=led.accel_kv,
             arrived=ms.metrics.completed + ms.metrics.cancelled + ms.metrics.failed + len(ms.queue) + running,
-            block_bytes=max((b.nbytes for b in hm.blocks), default=0),
+            block_bytes=max((b.nbytes for b in hm.blocks), default=0), max_batch=ms.max_batch,
         )
 
     def _policy_can_evict(self, mid: str) -> bool:
@@ -180,7 +180,7 @@ class PolicyDriver:
             priority=cmd.priority, weight_bytes=hm.weight_bytes(), accel_bytes=0, last_used=self.now(),
             parked=None, auto_preempted=False, pin=cmd.pin, min_residency=cmd.min_residency,
             slo_ttft_s=cmd.slo_ttft_s, slo_tpot_s=cmd.slo_tpot_s, slo_weight=cmd.slo_weight,
-            block_bytes=max((b.nbytes for b in hm.blocks), default=0),
+            block_bytes=max((b.nbytes for b in hm.blocks), default=0), max_batch=cmd.max_batch,
         )
         view = self._policy_view({"views": {mid: new}, "hms": {mid: hm}})
         plan: LoadPlan = self.policy.at_load(view, new, cmd.residency, cmd.offload)

@@ -29,15 +29,23 @@ Every ``PLAN_PERIOD_S`` it computes a target placement for every model:
    and host at its block count; compared with the most urgent model whole and the
    others filled into the rest;
 4. taking turns (one model served whole, the busy models with only queued
-   requests wait, weights parked on the host) when sharing leaves a busy model
+   requests wait, weights parked on the host; a model with running requests too
+   when its TPOT slack absorbs the pause) when sharing leaves a busy model
    offloaded and turns predict no more violation; a turn lasts while the served
    batch drains, the served model admitting nothing new while a model that has
    waited longer waits (pick); an idle model left with no block is parked.
 
+The cost of a placement: each busy model's predicted TPOT against 80% of its
+target, the TTFT of a backlog behind a full batch, and its queueing load factor
+(arrival rate x tokens x TPOT / max_batch) beyond 1; moves are lost service
+(reloads delay first tokens in a turn's cost). A model serving within its TPOT
+target keeps its placement as a floor.
+
 Hysteresis: a model is moved only when the target differs by at least
-``MIN_MOVE_BLOCKS`` blocks (or it must shrink to make room, or it is below its
-minimum), and a grow not within its dwell of its last move (20x the move's link
-time, ``MIN_DWELL_S``..``DWELL_S``). Preempted models with work are
+``MIN_MOVE_BLOCKS`` blocks (or it is below its pinned minimum), and a busy model
+not within its dwell of its last move, either way, unless the budget is exceeded
+(20x the move's link time, ``MIN_DWELL_S`` = the measurements' time constant ..
+``DWELL_S``). Resumes are sized to the memory free after the plan's shrinks. Preempted models with work are
 resumed pipelined (decode starts when the embedding and first block are back; the
 residency climbs block by block) when the reload costs more than ``PIPELINE_STEPS``
 resident steps, else sequentially. Step choice (admission order): a decode step
@@ -60,14 +68,22 @@ MIN_MOVE_BLOCKS = 2
 PIPELINE_STEPS = 3.0  # resume pipelined when the reload takes more than this many resident steps
 TURN_TTFT_SHARE = 0.5  # a turn ends once a waiting model has used this share of its TTFT target
 DWELL_S = 4.0  # the longest a model waits after a move before it grows again
-MIN_DWELL_S = 0.25  # the shortest (moves on a fast link cost milliseconds)
+CONTENTION_TAU_S = 1.0  # time constant of the observed contention and TPOT (EWMA over time)
+# the shortest dwell: a move is not reversed before the measurements that motivated
+# it have been renewed (one time constant), so noise on a shared CPU cannot make a
+# model's blocks flap between two models at every plan
+MIN_DWELL_S = CONTENTION_TAU_S
 DWELL_LINK_X = 20.0  # dwell = this many times the move's own link time (within the two)
 EWMA = 0.3
 DEFAULT_TTFT_S = 2.0  # objectives for models whose Load gives none
 DEFAULT_TPOT_S = 0.25
 KV_HEADROOM = 1.5  # plan room for the KV a busy model holds, times this (it grows)
 DISK_GBPS_SEED = 2.0
-SLO_MARGIN = 0.5  # plan for TPOT within half its target (prefill steps and a shared CPU cost the rest)  # seed for a disk reload before one is measured
+# plan for TPOT within 80% of its target: the observed contention already multiplies
+# every prediction (prefill steps interleaved, a shared CPU), so the margin is for
+# noise only; a deeper one counts that contention twice and sends models to wait
+# their turn (TTFT) for a TPOT they would have met sharing
+SLO_MARGIN = 0.8
 
 
 @dataclass
@@ -88,6 +104,7 @@ class _Learned:
     tp_t: float | None = None  # contention window start (running requests), its tokens, its prediction
     tp_tok: int = 0
     tp_pred: float | None = None
+    obs_tpot: float | None = None  # observed wall seconds per token of its running requests (EWMA, ~1 s)
 
 
 class Planner(Policy):
@@ -107,6 +124,8 @@ class Planner(Policy):
         # interleaved, a shared CPU), learned from the engine's own steps
         self.contention = 1.0
         self._turn: str | None = None  # the model served while others wait their turn
+        self._turn_end = 0.0  # when the turn's served batch was predicted to drain
+        self._pause_until: dict[str, float] = {}  # paused running models: when their TPOT slack is spent
         self._hold: set[str] = set()  # models that admit no new request now (pick)
         self._pred_tpot: dict[str, float] = {}
 
@@ -180,15 +199,22 @@ class Planner(Policy):
         next one's time, not skipped), against the TPOT predicted then."""
         if not m.running or m.preempted or m.climbing:
             lr.tp_t = None
+            if not m.running:
+                lr.obs_tpot = None
             return
         if lr.tp_t is None:
             lr.tp_t, lr.tp_tok, lr.tp_pred = view.now, m.decode_tokens, self._pred_tpot.get(m.id)
             return
         if m.decode_tokens > lr.tp_tok:
             steps = (m.decode_tokens - lr.tp_tok) / m.running
-            if lr.tp_pred and steps >= 1:
+            if steps >= 1:
                 obs = (view.now - lr.tp_t) / steps
-                self.contention = min(8.0, max(1.0, 0.7 * self.contention + 0.3 * obs / lr.tp_pred))
+                # time-weighted (a time constant of about a second, not a fixed share
+                # per 50 ms window): one busy window on a shared CPU moves it little
+                a = min(1.0, (view.now - lr.tp_t) / CONTENTION_TAU_S)
+                lr.obs_tpot = obs if lr.obs_tpot is None else (1 - a) * lr.obs_tpot + a * obs
+                if lr.tp_pred:
+                    self.contention = min(8.0, max(1.0, (1 - a) * self.contention + a * obs / lr.tp_pred))
             lr.tp_t, lr.tp_tok, lr.tp_pred = view.now, m.decode_tokens, self._pred_tpot.get(m.id)
 
     def _calibrate(self, view: View, m: ModelView, lr: _Learned, meas: float) -> None:
@@ -283,8 +309,23 @@ class Planner(Policy):
         tp = sum(self.step_s(view, b, *ks[b.id]) for b in busy) * self.contention
         for b in busy:
             slo = self.slo.get(b.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))
-            target = slo[1] * SLO_MARGIN  # predictions miss prefills and contention: aim lower
+            target = slo[1] * SLO_MARGIN  # headroom for noise
             viol += b.slo_weight * max(0.0, tp - target) / target
+            if b.queued and b.max_batch and b.running >= b.max_batch:
+                # a backlog behind a full batch: its oldest request's first token waits
+                # for the batch's longest remainder at this placement's time per token
+                # (the faster the model steps, the sooner it gets a slot: TTFT)
+                ttft = slo[0] * SLO_MARGIN
+                viol += b.slo_weight * max(0.0, b.oldest_wait_s + b.running_left * tp - ttft) / ttft
+            lr = self.learned.get(b.id)
+            if lr is not None and lr.rate > 0 and b.max_batch:
+                # queueing (Little's law): requests arriving at its observed rate, each
+                # holding a batch slot for its tokens at this time per token, need
+                # rate x tokens x tp slots; beyond max_batch the queue, and TTFT, grow
+                # without bound (a burst served slowly misses its later requests)
+                per_req = b.max_new_tokens / max(1, b.queued + b.running)
+                rho = lr.rate * per_req * tp / b.max_batch
+                viol += b.slo_weight * max(0.0, rho - 1.0)
             good += max(1, b.running) / tp if tp > 0 else 0.0
         return viol, -good
 
@@ -304,6 +345,18 @@ class Planner(Policy):
             k0 = m.min_layers if m.pin else 0
             # the cheaper offload mode at the minimum (host needs no stream window)
             ks[m.id] = min(((k0, md) for md in ("host", "stream")), key=lambda p: view.bytes_for(m.id, *p))
+        # no demotion of a model that is serving and meeting its TPOT target where it
+        # is: its current placement is its floor (taking its blocks would cost it link
+        # time and steps for another model's gain); floors give way first when the
+        # minimums do not fit
+        floors = {}
+        for m in busy:
+            obs = self._l(m).obs_tpot  # what its running requests get where it is now
+            if not m.running or m.preempted or m.climbing or obs is None:
+                continue
+            if m.id in ks and m.resident > ks[m.id][0] and obs <= self.slo.get(m.id, (0, DEFAULT_TPOT_S, 1))[1]:
+                floors[m.id] = ks[m.id]
+                ks[m.id] = (m.resident, m.mode)
 
         def need(mid: str) -> int:
             k, mode = ks[mid]
@@ -313,6 +366,12 @@ class Planner(Policy):
         acts: list[Action] = []
         budget = int(view.budget * 0.97)  # a little slack: KV grows between plans
         total = sum(need(mid) for mid in ks)
+        for mid, p in floors.items():
+            if total <= budget:
+                break
+            total -= need(mid)
+            ks[mid] = p
+            total += need(mid)
         # 1. if the minimums do not fit: recently active models without work leave
         # first, then the busy, unpinned model with the least SLO weight is preempted
         for m in sorted((m for m in active if not m.busy and not m.pin), key=lambda m: m.last_used):
@@ -383,29 +442,40 @@ class Planner(Policy):
         # 2b. taking turns: when sharing the accelerator still misses TPOT targets,
         # compare with serving the most urgent model (nearly) whole while the models
         # with only queued requests wait, weights parked on the host (cheap to bring
-        # back). A model with running requests is never made to wait.
+        # back). A model with running requests waits only when its TPOT slack
+        # absorbs the pause (_pausable).
         viol_share = self._cost(view, ks, busy)[0]
+        turn = self._turn_now(view)  # reads the last plan's hold
         self._hold = set()
-        turn = self._turn_now(view)
         offloaded = any(ks[b.id][0] < b.n_layers for b in busy if b.id in ks)
         if turn is not None or (len(busy) >= 2 and (viol_share > 0 or offloaded)):
             alt = self._turns(view, ks, busy, budget, served=turn)
             # at equal predicted violation, turns: every busy model whole when served
             # (its blocks computed where they live, no link time per step)
             if alt is not None and (turn is not None or alt[2] <= viol_share):
-                ks2, waiting, viol_turns, u = alt
+                ks2, waiting, viol_turns, u, wait = alt
                 # a turn lasts while the served model has running requests (no flapping
                 # between sharing and turns at every plan), unless a waiting model's
                 # TTFT is at risk (_turn_now)
+                if self._turn != u:
+                    self._turn_end = view.now + wait
                 self._turn = u
+                pausable = self._pausable(view, busy, view.models[u])
                 for w in waiting:
                     ks.pop(w.id, None)
                     busy = [b for b in busy if b.id != w.id]
                     if not w.preempted:
+                        paused = ""
+                        if w.running and w.id in pausable:
+                            # its running requests absorb the pause within their TPOT
+                            # target: the turn ends when that slack is spent (_turn_now)
+                            self._pause_until[w.id] = view.now + pausable[w.id]
+                            paused = (f"; its {w.running} running request(s) pause: {pausable[w.id]:.2f} s of TPOT "
+                                      f"slack against {self._pause_s(view, view.models[u]):.2f} s for {u}'s batch")
                         acts.append(Action(C.Preempt(model=w.id, kv="swap", weights="host"),
-                                           f"taking turns: sharing misses TPOT targets (weighted violation "
+                                           f"taking turns: sharing misses targets (weighted violation "
                                            f"{viol_share:.2f}, {viol_turns:.2f} in turns); {w.id} waits while {u} "
-                                           f"is served, weights parked on the host"))
+                                           f"is served, weights parked on the host{paused}"))
                     self.plan_rows[w.id] = PlanRow(w.id, 0, w.n_layers, "host", 0.0, 0.0, "waits its turn")
                 ks.update(ks2)
                 # admission order: the served model admits no new request while a
@@ -455,16 +525,14 @@ class Planner(Policy):
             why = (f"predicted {1.0 / pred:.0f} tok/s, TPOT {tpot * 1e3:.0f} ms (x{self.contention:.1f} observed contention) "
                    f"{'meets' if tpot <= slo[1] else 'misses'} its {slo[1] * 1e3:.0f} ms")
             if m.preempted:
-                if m.auto_preempted and m.busy and view.now - self._l(m).last_refused > 0.3:
+                if m.auto_preempted and m.busy and view.now - self._l(m).last_refused > 0.1:
                     # pipelined when the reload costs many decode steps (a slow link: the
                     # first token comes long before the weights are back); on a link that
                     # reloads in about a step, the sequential reload is sooner (docs/policies.md)
                     rel = self.reload_s(view, m, m.parked or "host")
                     pipe = rel > PIPELINE_STEPS * self.step_s(view, m, m.n_layers, "resident")
                     how = "pipelined" if pipe else f"sequentially (reload {rel * 1e3:.0f} ms, about a step)"
-                    resumes.append(Action(C.Resume(model=mid, residency=k / m.n_layers, mode=mode, pipelined=pipe,
-                                                   start_mode=mode),
-                                          f"{mid} has work: resume {how} to {k}/{m.n_layers} blocks ({mode}): {why}"))
+                    resumes.append((m, k, mode, pipe, how, why))
                 continue
             if not (must or worth) or (m.climbing and not must):
                 continue
@@ -478,9 +546,13 @@ class Planner(Policy):
             # the last one soon (a burst needs its blocks now); a slow link dwells long
             dwell = min(DWELL_S, max(MIN_DWELL_S, DWELL_LINK_X * abs(k - m.resident) * m.block_bytes
                                      / (view.link_gbps * 1e9)))
-            if not below_min and (small or view.now - lr.last_move < dwell) and k >= m.resident:
+            # within its dwell a busy model is not moved again, either way, unless
+            # the budget is exceeded now or a pin's minimum needs it (an idle one has
+            # no service to lose) (a resume that needs
+            # its room comes back with what is free: _fit_resumes)
+            if m.busy and not below_min and not over and view.now - lr.last_move < dwell:
                 continue
-            if k < m.resident and small:
+            if small and not below_min:
                 continue
             lr.last_move = view.now
             freed = m.accel_bytes - m.kv_bytes - view.bytes_for(mid, k, mode)
@@ -496,6 +568,7 @@ class Planner(Policy):
                          f"{mid} to {k / m.n_layers:.0%} {mode}: {why}"
                          + (f"; frees {freed / 2**20:.0f} MiB" if freed > 0 else ""))
             (shrinks if freed > 0 else grows).append(act)
+        resumes = self._fit_resumes(view, acts + shrinks, resumes)
         evicted = {a.model for a in acts if isinstance(a.cmd, C.Preempt)}
         for m in models:  # the models this plan leaves out: idle, evicted or preempted
             if m.id not in self.plan_rows:
@@ -503,6 +576,37 @@ class Planner(Policy):
                 self.plan_rows[m.id] = PlanRow(m.id, 0 if gone else m.resident, m.n_layers, m.mode, 0.0, 0.0,
                                                "preempted" if m.preempted else "evicted" if gone else "idle")
         return acts + shrinks + resumes + grows
+
+    def _fit_resumes(self, view: View, before: list[Action], resumes: list[tuple]) -> list[Action]:
+        """Resume actions sized to the memory free once the evictions and shrinks that
+        run before them are done: a resume the budget refuses (admitted requests hold
+        headroom the plan does not see) costs the waiting request a retry, so a model
+        comes back with the most blocks that fit now (the rest on the host) and grows
+        at a later plan."""
+        free = view.free
+        for a in before:
+            m = view.models.get(a.model)
+            if m is None or m.preempted:
+                continue
+            if isinstance(a.cmd, C.Preempt):
+                free += m.accel_bytes
+            elif isinstance(a.cmd, C.SetResidency):
+                k = int(round(a.cmd.residency * m.n_layers))
+                free += max(0, m.accel_bytes - m.kv_bytes - view.bytes_for(m.id, k, a.cmd.mode or m.mode))
+        free = int(free * 0.97)  # KV grows between the plan and the resume
+        out = []
+        for m, k, mode, pipe, how, why in resumes:
+            k2, mode2 = k, mode
+            while k2 > 0 and view.bytes_for(m.id, k2, mode2, kv=True) > free:
+                k2, mode2 = k2 - 1, "host"
+            if view.bytes_for(m.id, k2, mode2, kv=True) > free:
+                k2, mode2 = k, mode  # nothing fits yet: ask anyway (refused: retried)
+            note = "" if (k2, mode2) == (k, mode) else f" (now {k2}/{m.n_layers} {mode2}: what is free)"
+            free -= view.bytes_for(m.id, k2, mode2, kv=True)
+            out.append(Action(C.Resume(model=m.id, residency=k2 / m.n_layers, mode=mode2, pipelined=pipe,
+                                       start_mode=mode2),
+                              f"{m.id} has work: resume {how} to {k}/{m.n_layers} blocks ({mode}){note}: {why}"))
+        return out
 
     def _whole_fill(self, view: View, ks: dict, busy: list[ModelView], budget: int) -> dict | None:
         """The most urgent busy model whole, the other kept models filled block by
@@ -538,11 +642,23 @@ class Planner(Policy):
         if u is None:
             return None
         m = view.models.get(u)
-        over = m is None or not m.busy
+        # over when the served model has nothing left, or when its batch has drained
+        # while it is held (it admits nothing new while others wait: its held queue
+        # would otherwise keep the turn, and the waiting models, going until their TTFT)
+        over = m is None or not m.busy or (not m.running and u in self._hold)
+        # a model paused with running requests waits only while its TPOT slack lasts
+        for mid, until in list(self._pause_until.items()):
+            w = view.models.get(mid)
+            if w is None or not w.preempted or not w.busy:
+                del self._pause_until[mid]
+            elif view.now >= until:
+                over = True
         for w in view.models.values():
             if w.id != u and w.busy and not w.running:
                 ttft = self.slo.get(w.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
-                over |= w.oldest_wait_s > TURN_TTFT_SHARE * ttft
+                # the turn's cost already charged the waiting models the predicted
+                # wait: it ends early only once that prediction has run out
+                over |= w.oldest_wait_s > TURN_TTFT_SHARE * ttft and view.now >= self._turn_end
         if over:
             self._turn = None
         return self._turn
@@ -565,7 +681,8 @@ class Planner(Policy):
         remaining work (and u's own queue by theirs)."""
         if u.id not in ks:
             return None
-        keep = [b for b in busy if b.running or b.pin or b.id == u.id]
+        pausable = self._pausable(view, busy, u)
+        keep = [b for b in busy if (b.running and b.id not in pausable) or b.pin or b.id == u.id]
         waiting = [b for b in busy if b not in keep]
         if not waiting:
             return None
@@ -585,10 +702,16 @@ class Planner(Policy):
         # remainder (a batch decodes together), not by its whole queue
         per_req = u.max_new_tokens / max(1, u.queued + u.running)
         wait = (u.running_left if u.running else per_req) * step
+        # moves are lost service: the served model's reload (when it is parked) delays
+        # every waiting model, and each waiting model's own reload (weights back from
+        # the host when its turn comes) delays its first token
+        if u.preempted:
+            wait += self.reload_s(view, u, u.parked or "host")
         work = 0.0
         for w in waiting:
             ttft = self.slo.get(w.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
-            viol += w.slo_weight * max(0.0, w.oldest_wait_s + wait - ttft) / ttft
+            back = self.reload_s(view, w, w.parked or "host")
+            viol += w.slo_weight * max(0.0, w.oldest_wait_s + wait + back - ttft) / ttft
             work += w.max_new_tokens / max(1, w.queued + w.running) * self.step_s(view, w, w.n_layers, "stream") \
                 * self.contention
         if u.queued and any(w.oldest_wait_s > u.oldest_wait_s for w in waiting):
@@ -596,7 +719,36 @@ class Planner(Policy):
             # only when a waiting model has waited longer: pick's admission order)
             ttft = self.slo.get(u.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
             viol += u.slo_weight * max(0.0, u.oldest_wait_s + wait + work - ttft) / ttft
-        return ks2, waiting, viol, u.id
+        return ks2, waiting, viol, u.id, wait
+
+    def _pause_s(self, view: View, u: ModelView) -> float:
+        """Seconds serving ``u``'s waiting batch whole would take (its requests' tokens
+        at its whole-model step, times the contention), with its reload."""
+        per_req = u.max_new_tokens / max(1, u.queued + u.running)
+        t = per_req * self.step_s(view, u, u.n_layers, "stream") * self.contention
+        return t + (self.reload_s(view, u, u.parked or "host") if u.preempted else 0.0)
+
+    def _pausable(self, view: View, busy: list[ModelView], u: ModelView) -> dict[str, float]:
+        """Models with running requests that may wait while ``u``'s queued requests are
+        served: preemption as a per-model penalty. A running model's requests keep
+        their TPOT target if the pause, spread over the tokens they still make, fits
+        in the slack between what they observe and the target (with the margin):
+        model -> the longest pause it absorbs. Only for a ``u`` that is waiting with
+        nothing running, never a pinned model."""
+        if u.running or not u.queued:
+            return {}
+        pause = self._pause_s(view, u)
+        out = {}
+        for r in busy:
+            lr = self._l(r)
+            if r.id == u.id or not r.running or r.pin or r.preempted or r.climbing or lr.obs_tpot is None:
+                continue
+            target = self.slo.get(r.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[1] * SLO_MARGIN
+            left = max(1, r.running_left)
+            slack = (target - lr.obs_tpot) * left - 2 * self.reload_s(view, r, "host")
+            if slack > pause:
+                out[r.id] = slack
+        return out
 
     def on_decision(self, action: Action, ok: bool, view_now: float) -> None:
         if not ok and action.model in self.learned:

@@ -1,0 +1,87 @@
+"""The planner's decision rules on hand-made views (no engine): each test fails if
+its rule is broken (docs/policies.md, planner)."""
+
+from __future__ import annotations
+
+from labtui.engine import commands as C
+from labtui.engine.policies.base import Action, ModelView, View
+from labtui.engine.policies.planner import Planner
+
+MiB = 2**20
+
+
+def _mv(mid, **kw):
+    base = dict(id=mid, state="serving", n_layers=8, resident=8, mode="stream", queued=0, running=0, priority=0,
+                weight_bytes=8 * 10 * MiB + 4 * MiB, accel_bytes=8 * 10 * MiB + 4 * MiB, last_used=0.0,
+                parked=None, auto_preempted=False, block_bytes=10 * MiB, max_batch=4)
+    base.update(kw)
+    return ModelView(**base)
+
+
+def _view(models, free, now=10.0):
+    def bytes_fn(mid, k, mode, kv):
+        return 4 * MiB + k * 10 * MiB + (0 if k == 8 or mode == "host" else 10 * MiB) + (MiB if kv else 0)
+
+    return View(now=now, budget=200 * MiB, free=free, link_gbps=25.0, host_slowdown=4.0,
+                models={m.id: m for m in models}, bytes_fn=bytes_fn)
+
+
+def test_a_resume_comes_back_with_what_is_free_after_the_plans_shrinks():
+    p = Planner()
+    b = _mv("B", state="preempted", resident=8, queued=2, parked="host", auto_preempted=True,
+            accel_bytes=0)
+    a = _mv("A", running=2)
+    # 40 MiB free now; A's shrink from 8 to 6 blocks (stream) frees 84 - 74 = 10 MiB more
+    view = _view([a, b], free=40 * MiB)
+    shrink = Action(C.SetResidency(model="A", residency=6 / 8, mode="stream"), "test")
+    out = p._fit_resumes(view, [shrink], [(b, 8, "stream", False, "sequentially", "why")])
+    (r,) = out
+    k = round(r.cmd.residency * 8)
+    need = view.bytes_for("B", k, r.cmd.mode, kv=True)
+    assert 0 < k < 8 and r.cmd.mode == "host" and need <= 0.97 * 50 * MiB
+    assert view.bytes_for("B", k + 1, "host", kv=True) > 0.97 * 50 * MiB  # the most that fits
+    # with room for it all, the planned placement is asked for unchanged
+    (r2,) = p._fit_resumes(_view([a, b], free=150 * MiB), [], [(b, 8, "stream", False, "s", "w")])
+    assert r2.cmd.residency == 1.0 and r2.cmd.mode == "stream"
+
+
+def test_a_turn_ends_when_the_served_batch_drained_while_held():
+    p = Planner()
+    p._turn, p._turn_end, p._hold = "A", 0.0, {"A"}
+    waiting = _mv("B", state="preempted", queued=1, oldest_wait_s=0.1, accel_bytes=0, parked="host")
+    # A still has running requests: the turn goes on
+    assert p._turn_now(_view([_mv("A", running=1, queued=2), waiting], free=0)) == "A"
+    # its batch drained while it was held (queue left): over, the waiting model's turn
+    assert p._turn_now(_view([_mv("A", running=0, queued=2), waiting], free=0)) is None
+
+
+def test_a_turn_is_not_cut_before_the_wait_it_was_charged_has_passed():
+    p = Planner()
+    p._turn, p._hold = "A", set()
+    waiting = _mv("B", state="preempted", queued=1, oldest_wait_s=0.6, accel_bytes=0, parked="host",
+                  slo_ttft_s=1.0)
+    p.slo["B"] = (1.0, 0.15, 1.0)
+    served = _mv("A", running=2)
+    p._turn_end = 11.0  # the turn was predicted to cost B its wait until t = 11 s
+    assert p._turn_now(_view([served, waiting], free=0, now=10.5)) == "A"
+    assert p._turn_now(_view([served, waiting], free=0, now=11.2)) is None
+
+
+def test_a_running_model_is_paused_only_when_its_tpot_slack_absorbs_the_pause():
+    p = Planner()
+    p.slo.update({"A": (1.0, 0.15, 1.0), "B": (1.0, 0.15, 1.0)})
+    b = _mv("B", state="preempted", queued=4, max_new_tokens=4 * 24, parked="host", accel_bytes=0)
+    view = _view([_mv("A", running=4, running_left=20), b], free=0)
+    p._l(view.models["B"]).step_s[(8, "resident")] = 0.02  # B whole: 24 tokens x 20 ms = 0.48 s
+    p._l(view.models["B"]).reload_s["host"] = 0.01
+    p._l(view.models["A"]).reload_s["host"] = 0.01
+    p._l(view.models["A"]).obs_tpot = 0.03  # slack (0.12 - 0.03) x 20 tokens = 1.8 s
+    assert "A" in p._pausable(view, list(view.models.values()), b)
+    p._l(view.models["A"]).obs_tpot = 0.10  # slack 0.02 x 20 = 0.4 s < the 0.49 s pause
+    assert p._pausable(view, list(view.models.values()), b) == {}
+    p._l(view.models["A"]).obs_tpot = 0.03
+    pinned = _view([_mv("A", running=4, running_left=20, pin=True), b], free=0)
+    assert p._pausable(pinned, list(pinned.models.values()), b) == {}  # a pinned model never waits
+    # nor for a model that is itself running (it is being served already)
+    busy_b = _mv("B", running=1, queued=3, max_new_tokens=96)
+    assert p._pausable(view, [view.models["A"], busy_b], busy_b) == {}
