@@ -107,7 +107,9 @@ class WorkerLoop:
 
     def _tick(self) -> bool:
         did = False
-        while True:
+        # The queues' deques are peeked first (a length read, atomic under the GIL):
+        # an empty queue costs no lock and no raised queue.Empty, on every tick.
+        while self._cmds.queue:
             try:
                 cmd, fut = self._cmds.get_nowait()
             except queue.Empty:
@@ -115,7 +117,7 @@ class WorkerLoop:
             did = True
             self._apply(cmd, fut)
         did |= self._fire_triggers()
-        while True:
+        while self._incoming.queue:
             try:
                 req = self._incoming.get_nowait()
             except queue.Empty:
@@ -123,6 +125,8 @@ class WorkerLoop:
             self._enqueue(req)
         now = self._t_sched = time.perf_counter()
         for w in list(self._workloads.values()):
+            if w.idle_until_finish():
+                continue  # a closed workload at its concurrency submits only after a finish
             if not w.done and w.model in self._models and self._models[w.model].hm is not None:
                 w.tick(now, lambda ids, n, seed, w=w: self._workload_submit(w, ids, n, seed))
         if self.policy.name == "priority":
