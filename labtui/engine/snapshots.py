@@ -62,6 +62,12 @@ class SnapshotBuilder:
             hm = ms.hm
             m = ms.metrics
             rows = list(ms.batch.rows) if ms.batch else []
+            if ms.last_ids is not None:  # a request finished since the last publish
+                if hm is not None and hm.tokenizer is not None:
+                    from labtui.models.text import display_text  # no broken UTF-8 at the ends
+
+                    ms.last_text = display_text(hm.tokenizer, ms.last_ids)
+                ms.last_ids = None
             pct = m.percentiles()
             served, decode, gbps = m.rates(now)
             pin = self._pin_of(ms.id)

@@ -314,11 +314,9 @@ class WorkerLoop:
         else:
             req.state = "done"
             ms.metrics.on_finish(req.ttft_s, req.tpot_s)
-            tok = ms.hm.tokenizer if ms.hm else None
-            if tok is not None:
-                from labtui.models.text import display_text  # no broken UTF-8 at the ends
-
-                ms.last_text = display_text(tok, req.out_ids[-48:])
+            # decoded when the next snapshot is built (snapshots.py): once per publish,
+            # however many of the model's requests finished since the last one
+            ms.last_ids = req.out_ids[-48:]
         now = time.perf_counter()
         self._emit(
             "request_finish", model=ms.id, request=req.id, workload=req.workload,
@@ -361,6 +359,11 @@ class WorkerLoop:
             self._fan_out()
 
     def _fan_out(self) -> None:
+        # Unlocked peek (a list's truthiness; appends happen under _ev_lock): nothing
+        # pending costs no lock. An event another thread appends meanwhile is handed
+        # over by that thread's own _fan_out (_emit).
+        if not self._pending_ev:
+            return
         with self._fan_lock:
             with self._ev_lock:
                 if not self._pending_ev:
