@@ -71,8 +71,7 @@ class LabApp(App):
     # Snapshots are read and painted twice a second: the figures still move (as
     # top/btop/nvtop update every 1-2 s), and every paint is a compositor pass that
     # takes Python's GIL from the engine's decode (benchmarks/lab_cost.py; at 4 Hz
-    # the lab cost ~10% of decode tok/s at 200x50). A command sent from the lab is
-    # shown as soon as it is done, without waiting for the next poll.
+    # the lab cost ~10% of decode tok/s at 200x50).
     POLL_HZ = 2.0
 
     BINDINGS = [
@@ -450,7 +449,6 @@ class LabApp(App):
 
     def on_command_done(self, message: CommandDone) -> None:
         cmd, err, res = message.cmd, message.error, message.result
-        self._tick()  # the engine published its effect (or its refusal) already
         if err is not None:
             title = f"{cmd.action} failed"
             self.notify(one_line(err) or type(err).__name__, severity="error", title=title)
