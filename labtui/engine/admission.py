@@ -139,9 +139,12 @@ class Admission:
             if queued and running < ms.max_batch:
                 need = self._admission_need(ms, q[0])
                 can_admit = need <= free
-                self._note_wait(ms, q[0], None if can_admit else need)
+                if not can_admit:
+                    self._note_wait(ms, q[0], need)
+                elif ms.waiting_reason:
+                    ms.waiting_reason = ""  # as _note_wait(ms, None, None)
             elif ms.waiting_reason:
-                self._note_wait(ms, None, None)
+                ms.waiting_reason = ""
             oldest = min(r.t_submit for r in rows) if running else q[0].t_submit
             for r in q:
                 if r.t_submit < oldest:
