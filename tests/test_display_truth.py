@@ -241,3 +241,26 @@ def test_report_decode_rate_is_the_engines_decode_rate():
     assert m.decode_tokens == sum(n - 1 for n in (40, 25, 60))
     assert st["decode_tok_s"] == pytest.approx(m.decode_tokens / m.decode_s, rel=1e-3)
     assert st["served_tok_s"] <= st["decode_tok_s"]
+
+
+def test_ttft_tpot_percentiles_are_numpy_linear_over_the_last_5000():
+    """The snapshot's p50/p95 come from a list kept sorted beside the window: the same
+    values, to the last bit, as numpy's percentile over the window's values."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(7)
+    m = ModelMetrics()
+    assert m.percentiles() == (None, None, None, None)
+    vals: list[float] = []
+    for n in (1, 2, 3, 17, 5000, 6234):  # past 5000 the oldest values leave
+        while len(vals) < n:
+            x = rng.lognormvariate(-3, 1) if rng.random() > 0.1 else round(rng.random(), 1)  # ties too
+            vals.append(x)
+            m.on_finish(x, x / 7)
+        m._pct = None
+        last = np.asarray(vals[-5000:])
+        want = tuple(float(np.percentile(a, q)) for a in (last, last / 7) for q in (50, 95))
+        assert m.percentiles() == want
+        assert list(m.ttft) == vals[-5000:] and len(m.tpot) == min(n, 5000)

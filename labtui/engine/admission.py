@@ -24,15 +24,18 @@ class Admission:
         minus the KV it already has, plus the prefill's workspace (reservation.py).
 
         Kept per model until something it depends on changes: the candidates pass asks
-        for every model with a queue on every tick, and each tick steps one model."""
+        for every model with a queue on every tick, and each tick steps one model. The
+        key holds scalars and the per-layer lists themselves: the placement is changed
+        in place (compared by value against a copy), ``kv_bytes_per_token`` is only
+        ever replaced (compared by identity: the key keeps the old list alive)."""
         hm, batch = ms.hm, ms.batch
-        key = (req, batch.version, batch.length, hm.accel_kv_last, hm._hold, tuple(hm.placement),
-               tuple(hm.kv_bytes_per_token), hm._kv_swapped)
+        key = (req, batch.version, batch.length, hm.accel_kv_last, hm._hold, hm._kv_swapped)
         cached = ms.need_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if (cached is not None and cached[0] == key and cached[1] is hm.kv_bytes_per_token
+                and cached[2] == hm.placement):
+            return cached[3]
         need = self._compute_admission_need(ms, req)
-        ms.need_cache = (key, need)
+        ms.need_cache = (key, hm.kv_bytes_per_token, list(hm.placement), need)
         return need
 
     def _compute_admission_need(self, ms: ModelState, req: Request) -> int:
@@ -119,12 +122,14 @@ class Admission:
                        reserved_bytes=int(held), used_bytes=int(self.device.used))
 
     def _candidates(self) -> list[Candidate]:
+        # Runs before every step, for every model: plain loops, no per-model lists.
         out = []
+        free = self.device.free  # nothing below changes the device's accounting
         for ms in self._models.values():
-            if ms.hm is None or ms.state in ("preempted", "preempting", "resuming", "loading", "unloading"):
+            if ms.hm is None or ms.state in _NOT_STEPPING:
                 continue
-            running = len(ms.batch)
-            queued = len(ms.queue)
+            rows, q = ms.batch.rows, ms.queue
+            running, queued = len(rows), len(q)
             if not running and not queued:
                 if ms.state == "serving":
                     ms.state = "idle"
@@ -132,12 +137,18 @@ class Admission:
                 continue
             can_admit = False
             if queued and running < ms.max_batch:
-                need = self._admission_need(ms, ms.queue[0])
-                can_admit = need <= self.device.free
-                self._note_wait(ms, ms.queue[0], None if can_admit else need)
-            else:
-                self._note_wait(ms, None, None)
-            oldest = min([r.t_submit for r in ms.batch.rows] + [r.t_submit for r in ms.queue])
+                need = self._admission_need(ms, q[0])
+                can_admit = need <= free
+                if not can_admit:
+                    self._note_wait(ms, q[0], need)
+                elif ms.waiting_reason:
+                    ms.waiting_reason = ""  # as _note_wait(ms, None, None)
+            elif ms.waiting_reason:
+                ms.waiting_reason = ""
+            oldest = min(r.t_submit for r in rows) if running else q[0].t_submit
+            for r in q:
+                if r.t_submit < oldest:
+                    oldest = r.t_submit
             out.append(Candidate(ms.id, ms.priority, queued, running, can_admit, oldest))
         return out
 
@@ -180,6 +191,9 @@ class Admission:
             self._do_resume(C.Resume(model=ms.id))
             did = True
         return did
+
+
+_NOT_STEPPING = frozenset(("preempted", "preempting", "resuming", "loading", "unloading"))
 
 
 def _projected_len(r: Request) -> int:

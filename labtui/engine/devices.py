@@ -117,6 +117,7 @@ class Device:
         self._lock = threading.Lock()
         self._host_mem_t = -1.0
         self._host_mem = (0, 0, 0)
+        self._proc: psutil.Process | None = None
         # A hardware profile (labtui.engine.profiles) the run speaks for; sim only.
         # Recorded here; the pacing it implies is applied by the engine.
         self.profile = None
@@ -219,7 +220,9 @@ class Device:
         now = time.monotonic()
         if now - self._host_mem_t > 0.5:
             vm = psutil.virtual_memory()
-            self._host_mem = (psutil.Process().memory_info().rss, vm.total - vm.available, vm.total)
+            if self._proc is None or self._proc.pid != os.getpid():  # Process() reads /proc/<pid>/stat
+                self._proc = psutil.Process()
+            self._host_mem = (self._proc.memory_info().rss, vm.total - vm.available, vm.total)
             self._host_mem_t = now
         return self._host_mem
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import deque
-
-import numpy as np
 
 WINDOW_S = 3.0  # "tok/s now" is measured over this many seconds
 # No rate is shown before it means something: served tok/s needs this much wall time
@@ -16,8 +16,41 @@ MIN_TOKENS = 8
 LONG_WINDOW_S = 30.0
 
 
-def percentile(values, q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
+def sorted_percentile(s: list[float], q: float) -> float | None:
+    """numpy.percentile's default (linear) method on an already sorted list, to the
+    last bit (the same index and the same two-sided lerp): O(1) instead of numpy's
+    ~80 us of set-up per call, which the 10 Hz snapshot paid four times per model."""
+    if not s:
+        return None
+    v = q / 100 * (len(s) - 1)
+    lo = math.floor(v)
+    hi = min(lo + 1, len(s) - 1)
+    t = v - lo
+    d = s[hi] - s[lo]
+    return s[hi] - d * (1 - t) if t >= 0.5 else s[lo] + d * t
+
+
+class _SortedWindow:
+    """The last ``maxlen`` values in arrival order (a deque) and kept sorted beside
+    it (insort/evict by bisection), so percentiles need no sort per snapshot."""
+
+    def __init__(self, maxlen: int):
+        self._q: deque[float] = deque()
+        self._maxlen = maxlen
+        self.sorted: list[float] = []
+
+    def append(self, x: float) -> None:
+        if len(self._q) >= self._maxlen:
+            old = self._q.popleft()
+            del self.sorted[bisect.bisect_left(self.sorted, old)]
+        self._q.append(x)
+        bisect.insort(self.sorted, x)
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def __iter__(self):
+        return iter(self._q)
 
 
 class ModelMetrics:
@@ -40,8 +73,8 @@ class ModelMetrics:
         self._sum_s = 0.0
         self._sum_b = 0
         self._tail: deque[tuple[float, int, float]] = deque(maxlen=MIN_TOKENS)  # last decode steps
-        self.ttft: deque[float] = deque(maxlen=5000)
-        self.tpot: deque[float] = deque(maxlen=5000)
+        self.ttft = _SortedWindow(5000)
+        self.tpot = _SortedWindow(5000)
         self.history: deque[float] = deque(maxlen=240)  # served tok/s samples for sparklines
         self.completed = 0
         self.cancelled = 0
@@ -108,6 +141,15 @@ class ModelMetrics:
         d = self.decode_tok_s(now)
         return self.bytes_per_token * d / 1e9 if d else 0.0
 
+    def rates(self, now: float) -> tuple[float | None, float | None, float]:
+        """(served tok/s, decode tok/s, achieved GB/s) from one pass over the window:
+        what ``served_tok_s``, ``decode_tok_s`` and ``gbps`` return, for the snapshot."""
+        w = self._window(now)
+        if not w:
+            return None, None, 0.0
+        d = w[0] / w[1] if w[1] > 0 else None
+        return w[0] / w[2], d, self.bytes_per_token * d / 1e9 if d else 0.0
+
     def overall_decode_tok_s(self) -> float | None:
         return self.decode_tokens / self.decode_s if self.decode_s > 0 else None
 
@@ -128,10 +170,10 @@ class ModelMetrics:
         """TTFT p50/p95, TPOT p50/p95; recomputed only when a request finished."""
         if self._pct is None:
             self._pct = (
-                percentile(self.ttft, 50),
-                percentile(self.ttft, 95),
-                percentile(self.tpot, 50),
-                percentile(self.tpot, 95),
+                sorted_percentile(self.ttft.sorted, 50),
+                sorted_percentile(self.ttft.sorted, 95),
+                sorted_percentile(self.tpot.sorted, 50),
+                sorted_percentile(self.tpot.sorted, 95),
             )
         return self._pct
 
@@ -146,10 +188,10 @@ class ModelMetrics:
             "completed": self.completed,
             "cancelled": self.cancelled,
             "failed": self.failed,
-            "ttft_p50": percentile(self.ttft, 50),
-            "ttft_p95": percentile(self.ttft, 95),
-            "tpot_p50": percentile(self.tpot, 50),
-            "tpot_p95": percentile(self.tpot, 95),
+            "ttft_p50": sorted_percentile(self.ttft.sorted, 50),
+            "ttft_p95": sorted_percentile(self.ttft.sorted, 95),
+            "tpot_p50": sorted_percentile(self.tpot.sorted, 50),
+            "tpot_p95": sorted_percentile(self.tpot.sorted, 95),
             "bytes_per_token": self.bytes_per_token,
         }
 

@@ -62,7 +62,14 @@ class SnapshotBuilder:
             hm = ms.hm
             m = ms.metrics
             rows = list(ms.batch.rows) if ms.batch else []
+            if ms.last_ids is not None:  # a request finished since the last publish
+                if hm is not None and hm.tokenizer is not None:
+                    from labtui.models.text import display_text  # no broken UTF-8 at the ends
+
+                    ms.last_text = display_text(hm.tokenizer, ms.last_ids)
+                ms.last_ids = None
             pct = m.percentiles()
+            served, decode, gbps = m.rates(now)
             pin = self._pin_of(ms.id)
             cells = hm.layer_cells() if hm else ""
             models.append(
@@ -77,11 +84,11 @@ class SnapshotBuilder:
                     completed=m.completed, cancelled=m.cancelled, tokens_generated=m.tokens,
                     # a preempted model is not decoding: no decode rate ("-"); its served
                     # rate falls with the wall time it loses
-                    served_tok_s=m.served_tok_s(now),
-                    decode_tok_s=None if ms.state == "preempted" else m.decode_tok_s(now),
+                    served_tok_s=served,
+                    decode_tok_s=None if ms.state == "preempted" else decode,
                     served_tok_s_history=tuple(m.history),
                     ttft_p50=pct[0], ttft_p95=pct[1], tpot_p50=pct[2], tpot_p95=pct[3],
-                    achieved_gbps=0.0 if ms.state == "preempted" else m.gbps(now),
+                    achieved_gbps=0.0 if ms.state == "preempted" else gbps,
                     bytes_per_token=m.bytes_per_token,
                     last_text=ms.last_text, last_preemption=ms.last_preemption,
                     decode_tokens=m.decode_tokens, decode_s=m.decode_s,
@@ -91,10 +98,7 @@ class SnapshotBuilder:
                     pin=pin[0], min_residency=pin[1], plan=self._plan_of(ms.id),
                 )
             )
-        wls = tuple(
-            WorkloadSnapshot(w.id, w.model, w.cmd.kind, w.submitted, w.completed, w.cancelled, w.total, w.done)
-            for w in list(self._workloads.values())
-        )
+        wls = tuple(_workload_snapshot(w) for w in list(self._workloads.values()))
         self._snap_seq += 1
         return EngineSnapshot(
             t=self.now(), seq=self._snap_seq, device=d, models=tuple(models), workloads=wls,
@@ -104,3 +108,13 @@ class SnapshotBuilder:
 
 
 _EMPTY_LEDGER = Ledger()
+
+
+def _workload_snapshot(w) -> WorkloadSnapshot:
+    """A workload's view, rebuilt only when its counts changed (a submit or a finish):
+    most publishes see the same counts as the last one."""
+    key = (w.submitted, w.completed, w.cancelled, w.done)
+    cached = w.snap_cache
+    if cached is None or cached[0] != key:
+        cached = w.snap_cache = (key, WorkloadSnapshot(w.id, w.model, w.cmd.kind, *key[:3], w.total, w.done))
+    return cached[1]

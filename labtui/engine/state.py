@@ -34,6 +34,7 @@ class ModelState:
     preemptions: deque = field(default_factory=lambda: deque(maxlen=PREEMPTIONS_KEPT))
     residency_history: deque = field(default_factory=lambda: deque(maxlen=RESIDENCY_HISTORY_KEPT))
     last_text: str = ""
+    last_ids: list | None = None  # the last finished request's tail, not decoded into last_text yet
     eos: set = field(default_factory=set)
     corpus: list | None = None
     waiting_reason: str = ""  # why the queue's head is not admitted ("" when it is not waiting)

@@ -107,7 +107,9 @@ class WorkerLoop:
 
     def _tick(self) -> bool:
         did = False
-        while True:
+        # The queues' deques are peeked first (a length read, atomic under the GIL):
+        # an empty queue costs no lock and no raised queue.Empty, on every tick.
+        while self._cmds.queue:
             try:
                 cmd, fut = self._cmds.get_nowait()
             except queue.Empty:
@@ -115,7 +117,7 @@ class WorkerLoop:
             did = True
             self._apply(cmd, fut)
         did |= self._fire_triggers()
-        while True:
+        while self._incoming.queue:
             try:
                 req = self._incoming.get_nowait()
             except queue.Empty:
@@ -123,6 +125,8 @@ class WorkerLoop:
             self._enqueue(req)
         now = self._t_sched = time.perf_counter()
         for w in list(self._workloads.values()):
+            if w.idle_until_finish():
+                continue  # a closed workload at its concurrency submits only after a finish
             if not w.done and w.model in self._models and self._models[w.model].hm is not None:
                 w.tick(now, lambda ids, n, seed, w=w: self._workload_submit(w, ids, n, seed))
         if self.policy.name == "priority":
@@ -310,11 +314,9 @@ class WorkerLoop:
         else:
             req.state = "done"
             ms.metrics.on_finish(req.ttft_s, req.tpot_s)
-            tok = ms.hm.tokenizer if ms.hm else None
-            if tok is not None:
-                from labtui.models.text import display_text  # no broken UTF-8 at the ends
-
-                ms.last_text = display_text(tok, req.out_ids[-48:])
+            # decoded when the next snapshot is built (snapshots.py): once per publish,
+            # however many of the model's requests finished since the last one
+            ms.last_ids = req.out_ids[-48:]
         now = time.perf_counter()
         self._emit(
             "request_finish", model=ms.id, request=req.id, workload=req.workload,
@@ -357,6 +359,11 @@ class WorkerLoop:
             self._fan_out()
 
     def _fan_out(self) -> None:
+        # Unlocked peek (a list's truthiness; appends happen under _ev_lock): nothing
+        # pending costs no lock. An event another thread appends meanwhile is handed
+        # over by that thread's own _fan_out (_emit).
+        if not self._pending_ev:
+            return
         with self._fan_lock:
             with self._ev_lock:
                 if not self._pending_ev:

@@ -65,6 +65,7 @@ class Workload:
         self.started = now
         self.next_arrival = now
         self.done = False
+        self.snap_cache: tuple | None = None  # (counts, WorkloadSnapshot) of the last publish (snapshots.py)
 
     @property
     def total(self) -> int:
@@ -87,6 +88,11 @@ class Workload:
             if c.kind == "poisson":
                 self.next_arrival += self.rng.expovariate(c.rate_per_s)
         self._check_done()
+
+    def idle_until_finish(self) -> bool:
+        """Done, or closed with its requests in flight: ``tick`` would submit nothing
+        (and nothing changes that before one of them finishes)."""
+        return self.done or (self.cmd.kind == "closed" and len(self.inflight) >= self.cmd.concurrency)
 
     def next_due(self) -> float | None:
         if self.done or self.submitted >= self.cmd.requests or self.cmd.kind == "closed":

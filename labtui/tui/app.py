@@ -68,7 +68,11 @@ class LabApp(App):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere work too
     TITLE = "labtui"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide"), (170, "-xwide")]
-    POLL_HZ = 4.0
+    # Snapshots are read and painted twice a second: the figures still move (as
+    # top/btop/nvtop update every 1-2 s), and every paint is a compositor pass that
+    # takes Python's GIL from the engine's decode (benchmarks/lab_cost.py; at 4 Hz
+    # the lab cost ~10% of decode tok/s at 200x50).
+    POLL_HZ = 2.0
 
     BINDINGS = [
         Binding("m", "mode", "mode"),
@@ -644,7 +648,11 @@ class LabApp(App):
         if throttle and now - self._chart_drawn < 1.0:
             return
         self._chart_drawn = now
-        self.query_one(ScatterChart).refresh()
+        chart = self.query_one(ScatterChart)
+        if throttle:
+            chart.redraw_if_changed()
+        else:
+            chart.refresh()
 
     def action_help(self) -> None:
         from labtui.tui.screens.help import HelpScreen

@@ -237,6 +237,8 @@ class PolicyDriver:
         tick, more while the tick's moves took under CLIMB_TICK_S (so a slow link does
         not stall decode for long, a fast one climbs in a few ticks)."""
         climbs = self._pstate()["climbs"]
+        if not climbs:  # every tick: nothing to climb costs one dict test
+            return False
         did = False
         for mid, (target, mode, tokens) in list(climbs.items()):
             ms = self._models.get(mid)
