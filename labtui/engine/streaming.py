@@ -60,36 +60,50 @@ class Streaming:
     def blocks_modules(self) -> nn.ModuleList:
         return find_decoder_blocks(self.model)[1]
 
-    def _streamed_order(self) -> list[int]:
-        # asked twice per streamed block per token: kept until the placement changes
+    def _stream_plan(self) -> tuple[list[int], dict[int, int], int]:
+        """(streamed blocks in order, each one's position in it, ring slot bytes):
+        asked for every streamed block of every token, kept until the placement changes."""
         key = tuple(self.placement)
         cached = self.__dict__.get("_order_cache")
         if cached is None or cached[0] != key:
             order = [i for i, p in enumerate(self.placement) if p == STREAM]
-            cached = self.__dict__["_order_cache"] = (key, order, max((self.blocks[i].nbytes for i in order), default=0))
-        return cached[1]
+            slot = max((self.blocks[i].nbytes for i in order), default=0)
+            cached = self.__dict__["_order_cache"] = (key, order, {j: k for k, j in enumerate(order)}, slot)
+        return cached[1], cached[2], cached[3]
 
     def _slot_bytes(self) -> int:
         """The size of a stream-ring slot: the largest streamed block."""
-        self._streamed_order()
-        return self.__dict__["_order_cache"][2]
+        return self._stream_plan()[2]
 
-    def _issue_prefetch(self, after: int) -> None:
-        """Keep up to ``prefetch_depth - 1`` streamed blocks in flight after ``after``,
-        wrapping to the first streamed blocks of the next forward."""
-        order = self._streamed_order()
-        if not self.prefetch or not order:
+    def _issue_prefetch(self, after: int, computing: bool = True) -> None:
+        """Keep the stream ring busy: the streamed blocks after ``after`` (wrapping to
+        the first ones of the next forward) in flight, one per free ring slot. The
+        ring has min(streamed blocks, ``prefetch_depth``) slots (the ledger's stream
+        window); while ``after`` computes it holds one of them, once it is done
+        (``computing`` False) its slot takes the next copy at once: with as few
+        streamed blocks as slots, the link then already copies the next forward's
+        last streamed block while this forward's resident blocks compute, instead of
+        idling until the next forward's first streamed block asks."""
+        if not self.prefetch:
             return
-        pos = order.index(after) if after in order else -1
-        want = min(self.prefetch_depth - 1, len(order) - 1)
-        for k in range(1, len(order)):
-            if len(self._inflight) >= want:
+        order, pos_of, _ = self._stream_plan()
+        n = len(order)
+        want = min(n, self.prefetch_depth) - (1 if computing else 0)
+        inflight = self._inflight
+        if n == 0 or len(inflight) >= want:
+            return
+        pos = pos_of.get(after, -1)
+        link, blocks = self.link, self.blocks
+        for k in range(1, n + 1):
+            j = order[(pos + k) % n]
+            if j in inflight or (computing and j == after):
+                continue
+            u = blocks[j]
+            buf = self._take_buf(u.nbytes)
+            self._buf_of[j] = buf
+            inflight[j] = link.copy_async(u.host_buf, H2D, out=buf)
+            if len(inflight) >= want:
                 break
-            j = order[(pos + k) % len(order)]
-            if j != after and j not in self._inflight:
-                buf = self._take_buf(self.blocks[j].nbytes)
-                self._buf_of[j] = buf
-                self._inflight[j] = self.link.copy_async(self.blocks[j].host_buf, H2D, out=buf)
 
     def drain_prefetch(self) -> None:
         for j, p in self._inflight.items():
@@ -147,6 +161,7 @@ class Streaming:
         if self.placement[i] == STREAM:
             self.blocks[i].bind(self.blocks[i].host_buf, cached=True)  # drop the streamed copy
             self._give_buf(i)
+            self._issue_prefetch(i, computing=False)  # its slot is free: refill it now
             return output
         dt = time.perf_counter() - self._host_t0
         if self.device.simulated and self.pacing is not None:
