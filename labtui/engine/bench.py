@@ -33,27 +33,38 @@ def _median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def _hf_decode_s(model, ids, n_new: int) -> tuple[float, float]:
-    """(wall, process CPU) seconds of one ``generate``."""
+def _hf_decode_s(model, ids, n_new: int) -> tuple[float, float, int]:
+    """(wall, process CPU) seconds of one ``generate``, and the fewest new tokens of a row.
+
+    No ``min_new_tokens``: it adds a logits processor (EOS masked on every step, ~6%
+    of a llama-5m step) that the engine does not run. Both sides stop at EOS the
+    same way; ``decode_ratio`` reports a run that stopped before ``n_new``.
+    """
     mask = torch.ones_like(ids)
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
-        model.generate(ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False)
     if ids.is_cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, time.process_time() - c0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    new = out[:, ids.shape[1]:].tolist()
+    fewest = min(next((k + 1 for k, t in enumerate(row) if t in eos), len(row)) for row in new)
+    return wall, cpu, fewest
 
 
-def _engine_decode_s(eng: Engine, m: str, prompt_ids, batch: int, n_new: int) -> tuple[float, float]:
-    """(wall, process CPU) seconds of ``batch`` requests served together."""
+def _engine_decode_s(eng: Engine, m: str, prompt_ids, batch: int, n_new: int) -> tuple[float, float, int]:
+    """(wall, process CPU) seconds of ``batch`` requests served together, and the
+    fewest new tokens of a request."""
     t0, c0 = time.perf_counter(), time.process_time()
     reqs = [eng.submit(m, prompt_ids, max_new_tokens=n_new) for _ in range(batch)]
     for r in reqs:
         r.done.wait(600)
-    return time.perf_counter() - t0, time.process_time() - c0
+    return time.perf_counter() - t0, time.process_time() - c0, min(len(r.out_ids) for r in reqs)
 
 
-def _rate(tokens: int, long: tuple[float, float], short: tuple[float, float]) -> tuple[float, float]:
+def _rate(tokens: int, long: tuple, short: tuple) -> tuple[float, float]:
     """Tokens per wall second and per CPU second of the difference of two runs."""
     return tokens / max(1e-9, long[0] - short[0]), tokens / max(1e-9, long[1] - short[1])
 
@@ -71,14 +82,18 @@ def decode_ratio(eng: Engine, m: str, hf, prompt_ids, batch: int, n_new: int, re
     _engine_decode_s(eng, m, prompt_ids, batch, 4)
     n = (n_new - 1) * batch
     eng_r, hf_r, ratios, cpu_ratios = [], [], [], []
+    fewest = n_new
     for _ in range(reps):
-        e, e_cpu = _rate(n, _engine_decode_s(eng, m, prompt_ids, batch, n_new), _engine_decode_s(eng, m, prompt_ids, batch, 1))
-        h, h_cpu = _rate(n, _hf_decode_s(hf, ids, n_new), _hf_decode_s(hf, ids, 1))
+        el, es = _engine_decode_s(eng, m, prompt_ids, batch, n_new), _engine_decode_s(eng, m, prompt_ids, batch, 1)
+        hl, hs = _hf_decode_s(hf, ids, n_new), _hf_decode_s(hf, ids, 1)
+        fewest = min(fewest, el[2], hl[2])
+        e, e_cpu = _rate(n, el, es)
+        h, h_cpu = _rate(n, hl, hs)
         eng_r.append(e)
         hf_r.append(h)
         ratios.append(e / h)
         cpu_ratios.append(e_cpu / h_cpu)
-    return {
+    out = {
         "engine_tok_s": round(_median(eng_r), 2),
         "generate_tok_s": round(_median(hf_r), 2),
         "ratio": round(_median(ratios), 3),
@@ -86,6 +101,9 @@ def decode_ratio(eng: Engine, m: str, hf, prompt_ids, batch: int, n_new: int, re
         "ratio_max": round(max(ratios), 3),
         "cpu_ratio": round(_median(cpu_ratios), 3),
     }
+    if fewest < n_new:  # a row met EOS: the rates above count tokens never made
+        out["stopped_early_at"] = fewest
+    return out
 
 
 def bench_model(name: str, quick: bool = False, device: str = "sim") -> dict:
