@@ -44,24 +44,47 @@ class Unit:
         self.host_buf: torch.Tensor | None = None
         self.accel_buf: torch.Tensor | None = None
         self.kept: dict[int, torch.Tensor] = {}  # non-persistent tensors kept over a disk release
-        # Views of the tensors into a buffer, by the buffer's address: a streamed block
-        # is bound to a stream-ring slot and back to its host buffer twice per token,
-        # and slicing every tensor anew each time was most of that cost. The cached
-        # views keep their buffer alive, so ``forget_views`` must run when a ring
-        # slot goes back to the device (streaming.drain_prefetch).
+        # Bound tensors per buffer, by the buffer's address: a streamed block is bound
+        # to a stream-ring slot and back to its host buffer twice per token. Slicing
+        # every tensor anew each time was most of that cost, and setting each
+        # Parameter's ``.data`` (a checked C++ setter) half of the rest (a llama-5m
+        # block's bind pair: 4.8 -> 2.1 us of CPU); so a cached bind swaps in
+        # ready-made Parameter objects (plain dict stores). They keep
+        # their buffer alive, so ``forget_views`` must run when a ring slot goes back
+        # to the device (streaming.drain_prefetch). ``aliased``: a tensor of the unit
+        # is registered under two names; swapping objects would split the aliases, so
+        # such a unit keeps setting ``.data`` on the shared object.
         self._views: dict[int, list[torch.Tensor]] = {}
+        self.aliased = False
 
     def _make_views(self, buf: torch.Tensor) -> list[torch.Tensor]:
         return [buf[s.offset : s.offset + s.nbytes].view(s.dtype).view(s.shape) for s in self.slots]
 
-    def bind(self, buf: torch.Tensor, cached: bool = False) -> None:
-        """Point every tensor of the unit into ``buf``; ``cached``: reuse the views made
-        for this buffer the last time (stream-ring slots and host buffers)."""
-        views = self._views.get(buf.data_ptr()) if cached else None
-        if views is None:
+    def _make_bound(self, buf: torch.Tensor) -> list[torch.Tensor]:
+        with torch.inference_mode(False):  # plain Parameters, usable in and out of inference mode
             views = self._make_views(buf)
-            if cached:
-                self._views[buf.data_ptr()] = views
+            if self.aliased:
+                return views
+            return [nn.Parameter(v, requires_grad=s.module._parameters[s.attr].requires_grad) if s.is_param else v
+                    for s, v in zip(self.slots, views, strict=True)]
+
+    def bind(self, buf: torch.Tensor, cached: bool = False) -> None:
+        """Point every tensor of the unit into ``buf``; ``cached``: reuse the tensors
+        bound to this buffer the last time (stream-ring slots and host buffers)."""
+        if cached:
+            bound = self._views.get(buf.data_ptr())
+            if bound is None:
+                bound = self._views[buf.data_ptr()] = self._make_bound(buf)
+            if not self.aliased:
+                for s, t in zip(self.slots, bound, strict=True):
+                    (s.module._parameters if s.is_param else s.module._buffers)[s.attr] = t
+                return
+            views = bound
+        else:
+            # the Parameter now bound may be a cached one: its ``.data`` changes below,
+            # so no cached entry may be trusted any more
+            self._views.clear()
+            views = self._make_views(buf)
         for s, view in zip(self.slots, views, strict=True):
             if s.is_param:
                 s.module._parameters[s.attr].data = view
@@ -131,4 +154,12 @@ def split_units(model: nn.Module) -> tuple[Unit, list[Unit]]:
     for i, blk in enumerate(blocks):
         block_units.append(_make_unit(f"block{i}", i, collect(f"{blocks_name}.{i}", blk)))
     rest = _make_unit("embed+head", None, collect("", model))
+    # registrations per tensor over the whole model (tied weights: two or more)
+    refs: dict[int, int] = {}
+    for mod in model.modules():
+        for t in [*mod._parameters.values(), *mod._buffers.values()]:
+            if t is not None:
+                refs[id(t)] = refs.get(id(t), 0) + 1
+    for u in [rest, *block_units]:
+        u.aliased = any(refs.get(id(t), 0) > 1 for t in u.tensors())
     return rest, block_units
