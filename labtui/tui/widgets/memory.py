@@ -155,6 +155,10 @@ class MemoryBars(Static):
         )
         if width >= 50:
             t.append(f" · models {fmt_bytes(host_w + host_kv)}", "dim")
+        if width >= 74:
+            # host copies kept for resident blocks (transfer.py): part of RSS, not offloaded
+            staging = sum(m.ledger.host_staging for m in snap.models)
+            t.append(f" · staging {fmt_bytes(staging)}", "dim")
         return t
 
 
