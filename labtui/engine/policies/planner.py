@@ -33,7 +33,10 @@ Every ``PLAN_PERIOD_S`` it computes a target placement for every model:
    when its TPOT slack absorbs the pause) when sharing leaves a busy model
    offloaded and turns predict no more violation; a turn lasts while the served
    batch drains, the served model admitting nothing new while a model that has
-   waited longer waits (pick); an idle model left with no block is parked.
+   waited longer waits (pick) unless admitting delays its drain by at most
+   ``HOLD_STEPS`` steps; a paused model stays paused while the turn lasts; no turn
+   for a model with nothing running whose requests are younger than a waiting
+   model's; an idle model left with no block is parked.
 
 The cost of a placement: each busy model's predicted TPOT against 80% of its
 target, the TTFT of a backlog behind a full batch, and its queueing load factor
