@@ -85,3 +85,43 @@ def test_a_running_model_is_paused_only_when_its_tpot_slack_absorbs_the_pause():
     # nor for a model that is itself running (it is being served already)
     busy_b = _mv("B", running=1, queued=3, max_new_tokens=96)
     assert p._pausable(view, [view.models["A"], busy_b], busy_b) == {}
+
+
+def test_a_model_paused_for_a_turn_stays_paused_while_the_turn_lasts():
+    p = Planner()
+    p.slo.update({"A": (1.0, 0.15, 1.0), "B": (1.0, 0.15, 1.0)})
+    # A was paused with running requests for B's turn; B now runs (so A is no longer
+    # offered as pausable for B) and A's slack lasts until t = 11.5 s
+    a = _mv("A", state="preempted", running=4, running_left=12, parked="host", accel_bytes=0)
+    b = _mv("B", running=4, queued=2, running_left=20, max_new_tokens=6 * 20)
+    view = _view([a, b], free=0)
+    p._l(a).obs_tpot = p._l(b).obs_tpot = 0.03
+    ks = {"A": (0, "host"), "B": (8, "stream")}
+    assert p._turn_for(view, ks, [a, b], 190 * MiB, b) is None  # no turn under way: A comes back
+    p._turn, p._pause_until = "B", {"A": 11.5}
+    alt = p._turn_for(view, ks, [a, b], 190 * MiB, b)
+    assert alt is not None and [w.id for w in alt[1]] == ["A"] and "A" not in alt[0]
+    # once its slack is spent the turn is over and A comes back with it
+    assert p._turn_now(_view([a, b], free=0, now=11.6)) is None and p._pause_until == {}
+
+
+def test_no_turn_for_a_model_with_nothing_running_whose_requests_came_later():
+    p = Planner()
+    p.slo.update({"A": (1.0, 0.15, 1.0), "B": (1.0, 0.15, 1.0)})
+    a = _mv("A", state="preempted", queued=2, oldest_wait_s=0.4, max_new_tokens=48, parked="host", accel_bytes=0)
+    b = _mv("B", state="preempted", queued=4, oldest_wait_s=0.2, max_new_tokens=96, parked="host", accel_bytes=0)
+    view = _view([a, b], free=200 * MiB)
+    ks = {"A": (0, "host"), "B": (0, "host")}
+    # B would be held at once (A waited longer): not a turn; A's turn is one
+    assert p._turn_for(view, ks, [a, b], 190 * MiB, b) is None
+    alt = p._turn_for(view, ks, [a, b], 190 * MiB, a)
+    assert alt is not None and alt[3] == "A" and [w.id for w in alt[1]] == ["B"]
+
+
+def test_a_held_batch_fills_its_free_slots_while_that_does_not_delay_its_drain():
+    # a batch that has just started (24 tokens left, queued requests of 24): admitting delays nothing
+    assert not Planner._admit_delays(_mv("B", running=2, queued=2, running_left=24, max_new_tokens=96))
+    # half way through: admitting would make it drain 12 steps later, so it is held
+    assert Planner._admit_delays(_mv("B", running=2, queued=2, running_left=12, max_new_tokens=2 * 12 + 48))
+    # nothing running: nothing to drain, a hold would only leave its slots idle
+    assert not Planner._admit_delays(_mv("B", running=0, queued=4, max_new_tokens=96))

@@ -33,7 +33,10 @@ Every ``PLAN_PERIOD_S`` it computes a target placement for every model:
    when its TPOT slack absorbs the pause) when sharing leaves a busy model
    offloaded and turns predict no more violation; a turn lasts while the served
    batch drains, the served model admitting nothing new while a model that has
-   waited longer waits (pick); an idle model left with no block is parked.
+   waited longer waits (pick) unless admitting delays its drain by at most
+   ``HOLD_STEPS`` steps; a paused model stays paused while the turn lasts; no turn
+   for a model with nothing running whose requests are younger than a waiting
+   model's; an idle model left with no block is parked.
 
 The cost of a placement: each busy model's predicted TPOT against 80% of its
 target, the TTFT of a backlog behind a full batch, and its queueing load factor
@@ -65,6 +68,7 @@ from labtui.engine.snapshot import PlanRow
 
 ACTIVE_S = 1.5  # a model that had work this recently is planned for as active
 MIN_MOVE_BLOCKS = 2
+HOLD_STEPS = 2  # a held model still admits while that makes its batch drain at most this many steps later
 PIPELINE_STEPS = 3.0  # resume pipelined when the reload takes more than this many resident steps
 TURN_TTFT_SHARE = 0.5  # a turn ends once a waiting model has used this share of its TTFT target
 DWELL_S = 4.0  # the longest a model waits after a move before it grows again
@@ -481,7 +485,8 @@ class Planner(Policy):
                 # admission order: the served model admits no new request while a
                 # model that has waited longer waits its turn (its batch drains first)
                 um = view.models[u]
-                if any(w.oldest_wait_s > (um.oldest_wait_s if um.queued else 0.0) for w in waiting):
+                if any(w.oldest_wait_s > (um.oldest_wait_s if um.queued else 0.0) for w in waiting) \
+                        and self._admit_delays(um):
                     self._hold = {u}
         # 3. who has to leave for this: idle, unpinned, loaded models, least recently used first
         planned = sum(view.bytes_for(mid, *ks[mid]) + view.models[mid].kv_bytes for mid in ks)
@@ -661,6 +666,7 @@ class Planner(Policy):
                 over |= w.oldest_wait_s > TURN_TTFT_SHARE * ttft and view.now >= self._turn_end
         if over:
             self._turn = None
+            self._pause_until.clear()  # the paused models come back with the turn's end
         return self._turn
 
     def _turns(self, view: View, ks: dict, busy: list[ModelView], budget: int, served: str | None = None):
@@ -682,9 +688,21 @@ class Planner(Policy):
         if u.id not in ks:
             return None
         pausable = self._pausable(view, busy, u)
+        if u.id == self._turn:
+            # a model paused for this turn stays paused while the turn lasts (its slack
+            # is counted down by _turn_now): once the served model runs, _pausable no
+            # longer offers it, and resuming it at once would cost both models the
+            # moves for a share the turn was chosen against
+            pausable.update({mid: until - view.now for mid, until in self._pause_until.items()
+                             if mid != u.id and until > view.now})
         keep = [b for b in busy if (b.running and b.id not in pausable) or b.pin or b.id == u.id]
         waiting = [b for b in busy if b not in keep]
         if not waiting:
+            return None
+        if not u.running and any(w.oldest_wait_s > u.oldest_wait_s for w in waiting):
+            # admission order: a model with nothing running whose requests arrived after
+            # a waiting model's would be held at once (pick), ending its turn before it
+            # served a token while the others paid the moves: not a turn
             return None
         ks2 = {mid: p for mid, p in ks.items() if mid not in {w.id for w in waiting}}
         room = budget - sum(view.bytes_for(mid, *p) + int(view.models[mid].kv_bytes * KV_HEADROOM)
@@ -720,6 +738,17 @@ class Planner(Policy):
             ttft = self.slo.get(u.id, (DEFAULT_TTFT_S, DEFAULT_TPOT_S, 1.0))[0]
             viol += u.slo_weight * max(0.0, u.oldest_wait_s + wait + work - ttft) / ttft
         return ks2, waiting, viol, u.id, wait
+
+    @staticmethod
+    def _admit_delays(m: ModelView) -> bool:
+        """Whether admitting ``m``'s next queued request would make its running batch
+        drain later by more than HOLD_STEPS steps: only then does a hold help the models
+        that wait for the batch (a batch that has just started fills its free slots at
+        no cost to them; holding it would leave the slots idle for the whole turn)."""
+        if not m.running or not m.queued:
+            return bool(m.running)
+        q_tok = max(1.0, (m.max_new_tokens - m.running * m.running_left) / m.queued)  # per queued request
+        return q_tok - m.running_left > HOLD_STEPS
 
     def _pause_s(self, view: View, u: ModelView) -> float:
         """Seconds serving ``u``'s waiting batch whole would take (its requests' tokens
