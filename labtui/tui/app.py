@@ -3,7 +3,7 @@
 Everything the user does here is an engine command (``labtui.engine.commands``)
 sent with ``engine.submit_command``, so a scenario can do it too and ``s`` can
 save it. The engine runs on its own thread; the lab reads ``engine.snapshot()``
-and ``engine.events_since(seq)`` on a timer (4 Hz) and never touches tensors, so
+and ``engine.events_since(seq)`` on a timer (``POLL_HZ``, 2 Hz) and never touches tensors, so
 the screen never freezes: a busy engine shows as busy.
 
 The engine is injected (``LabApp(engine)``), as Harlequin injects its adapters:
