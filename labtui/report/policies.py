@@ -152,20 +152,26 @@ def _cell(d: dict, digits: int = 2, scale: float = 1.0) -> str:
     return s
 
 
+def against_best(table: dict[str, dict]) -> tuple | None:
+    """(planner's attainment, best baseline's name, its attainment, ratio, ratio_ci)
+    from one workload's policy table; None without the planner or a baseline."""
+    base = {p: table[p]["attainment"]["mean"] for p in BASELINES if p in table and table[p]["attainment"]["mean"] is not None}
+    if "planner" not in table or not base or table["planner"]["attainment"]["mean"] is None:
+        return None
+    best = max(base, key=base.get)
+    pl, b = table["planner"]["attainment"], table[best]["attainment"]
+    ratio = pl["mean"] / b["mean"] if b["mean"] > 0 else float("inf")
+    return pl, best, b, ratio, ratio_ci(pl.get("values", []), b.get("values", []))
+
+
 def verdict(table: dict[str, dict]) -> str:
     """Planner SLO attainment against the best baseline, in words."""
-    if "planner" not in table:
+    got = against_best(table)
+    if got is None:
         return ""
-    base = {p: table[p]["attainment"]["mean"] for p in BASELINES if p in table and table[p]["attainment"]["mean"] is not None}
-    pl = table["planner"]["attainment"]["mean"]
-    if not base or pl is None:
-        return ""
-    best = max(base, key=base.get)
-    b = base[best]
-    ratio = pl / b if b > 0 else float("inf")
-    rc = ratio_ci(table["planner"]["attainment"].get("values", []), table[best]["attainment"].get("values", []))
+    pl, best, b, ratio, rc = got
     ci = f" [95% CI {rc[1]:.2f}, {rc[2]:.2f}]" if rc else ""
-    return (f"planner SLO attainment {pl:.2f} against the best baseline ({best}) {b:.2f}: "
+    return (f"planner SLO attainment {pl['mean']:.2f} against the best baseline ({best}) {b['mean']:.2f}: "
             f"{'x' + format(ratio, '.2f') + ci if math.isfinite(ratio) else 'best baseline met none'}")
 
 
@@ -174,15 +180,11 @@ def summary(bundles: list[Any], cols: list[str]) -> list[list]:
     whether the ratio (its lower bound too) reaches it."""
     rows = []
     for col, bdl in zip(cols, bundles, strict=True):
-        t = by_policy(bdl)
-        base = {p: t[p]["attainment"]["mean"] for p in BASELINES if p in t and t[p]["attainment"]["mean"] is not None}
-        if "planner" not in t or not base or t["planner"]["attainment"]["mean"] is None:
+        got = against_best(by_policy(bdl))
+        if got is None:
             continue
-        best = max(base, key=base.get)
-        pl, b = t["planner"]["attainment"], t[best]["attainment"]
-        rc = ratio_ci(pl.get("values", []), b.get("values", []))
+        pl, best, b, ratio, rc = got
         goal = goal_of(col)
-        ratio = pl["mean"] / b["mean"] if b["mean"] > 0 else float("inf")
         met = "yes" if ratio >= goal else "no"
         if rc and ratio >= goal:
             met += " (CI above)" if rc[1] >= goal else " (CI includes less)"
