@@ -151,7 +151,9 @@ def test_oom_in_a_step_fails_its_requests_lowers_residency_others_serve(eng, oth
     ids = eng._models["oom"].hm.tokenizer(PROMPT)["input_ids"]
     want = eng.generate("oom", ids, max_new_tokens=24).token_ids
     hm = eng._models["oom"].hm
-    real = hm.model.forward
+    # the head runs in every forward (prefill, full decode, the direct one-token step)
+    head = hm.model.lm_head
+    real = head.forward
     state = {"armed": where == "prefill", "fired": 0}
 
     def forward(*a, **kw):
@@ -161,7 +163,7 @@ def test_oom_in_a_step_fails_its_requests_lowers_residency_others_serve(eng, oth
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB (injected)")
         return real(*a, **kw)
 
-    hm.model.forward = forward
+    head.forward = forward
     try:
         seq0 = eng.snapshot().events_total
         req = eng.submit("oom", ids, max_new_tokens=400)  # long: the OOM lands mid-generation
@@ -189,7 +191,7 @@ def test_oom_in_a_step_fails_its_requests_lowers_residency_others_serve(eng, oth
         assert eng.wait_idle(30)
         eng.check_invariants()
     finally:
-        hm.model.forward = real
+        head.forward = real
         eng.unload("oom")
 
 
