@@ -125,3 +125,28 @@ def test_a_held_batch_fills_its_free_slots_while_that_does_not_delay_its_drain()
     assert Planner._admit_delays(_mv("B", running=2, queued=2, running_left=12, max_new_tokens=2 * 12 + 48))
     # nothing running: nothing to drain, a hold would only leave its slots idle
     assert not Planner._admit_delays(_mv("B", running=0, queued=4, max_new_tokens=96))
+
+
+def test_under_a_profile_the_seeds_are_the_models_own_pacing_not_the_devices_link():
+    """On sim under a hardware profile a model's copies, host blocks and disk reloads
+    are paced by its Pacing (engine/dilation.py); the device's link and host_slowdown
+    do not apply to it, so the planner's unmeasured predictions must not use them."""
+    from labtui.engine.profiles import get_profile
+
+    pacing = get_profile("study-a6000").pacing_for(0.02, 8 * 10 * MiB + 4 * MiB, n_layers=8,
+                                                   block_bytes=10 * MiB)
+    plain, paced = _mv("A"), _mv("B", pacing=pacing)
+    view = _view([plain, paced], free=0)
+    p = Planner()
+    wb = plain.weight_bytes
+    assert p.reload_s(view, plain, "host") == wb / 25e9  # the device's 25 GB/s
+    assert p.reload_s(view, paced, "host") == pacing.copy_s(wb, 9, "h2d")
+    assert p.reload_s(view, paced, "disk") == pacing.copy_s(wb, 9, "h2d") + pacing.reload_s(wb)
+    assert p.reload_s(view, paced, "disk") > 100 * p.reload_s(view, plain, "disk")  # D x the study's 1.8 s
+    # one streamed block costs its bytes over the model's dilated link, not the device's
+    full = p.step_s(view, paced, 8, "stream")
+    assert p.step_s(view, paced, 7, "stream") - full == max(pacing.copy_s(10 * MiB), full / 9)
+    # a host block: the profile's host slowdown for this block size, not the device's 4x
+    c = full / 9
+    assert abs((p.step_s(view, paced, 7, "host") - full) - (c * (pacing.host_slowdown_factor - 1) + 2e-5)) < 1e-12
+    assert pacing.host_slowdown_factor != 4.0

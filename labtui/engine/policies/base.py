@@ -91,6 +91,9 @@ class ModelView:
     block_bytes: int = 0  # bytes of one decoder block (the largest)
     reloads: tuple = ()  # its completed PhaseReports (resume costs measured)
     max_batch: int = 0  # requests it decodes together at most (0: not given)
+    # profiles.Pacing under a hardware profile on sim: its copies, host blocks and
+    # disk reloads are paced by it, not by the device's link and host_slowdown
+    pacing: object | None = field(default=None, compare=False)
 
     @property
     def busy(self) -> bool:

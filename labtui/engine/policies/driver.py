@@ -109,6 +109,7 @@ class PolicyDriver:
             climbing=ms.id in st["climbs"], reloads=tuple(ms.preemptions), kv_bytes=led.accel_kv,
             arrived=ms.metrics.completed + ms.metrics.cancelled + ms.metrics.failed + len(ms.queue) + running,
             block_bytes=max((b.nbytes for b in hm.blocks), default=0), max_batch=ms.max_batch,
+            pacing=hm.pacing,
         )
 
     def _policy_can_evict(self, mid: str) -> bool:

@@ -256,9 +256,10 @@ class Planner(Policy):
             elif mode == "stream":
                 # at least a block's compute: copying its bytes in costs about what
                 # reading them does (no overlap assumed until measured)
-                extra = max(m.block_bytes / (view.link_gbps * 1e9), c)
+                extra = max(self.link_s(view, m, m.block_bytes), c)
             else:
-                extra = c * (view.host_slowdown - 1) + 2e-5
+                slow = m.pacing.host_slowdown_factor if m.pacing is not None else view.host_slowdown
+                extra = c * (slow - 1) + 2e-5
             t += (n - k) * extra
         return t
 
@@ -273,8 +274,20 @@ class Planner(Policy):
         lr = self._l(m)
         if weights in lr.reload_s:
             return lr.reload_s[weights]
-        t = m.weight_bytes / (view.link_gbps * 1e9)
-        return t + (m.weight_bytes / (DISK_GBPS_SEED * 1e9) if weights == "disk" else 0.0)
+        t = self.link_s(view, m, m.weight_bytes, copies=m.n_layers + 1)
+        if weights != "disk":
+            return t
+        if m.pacing is not None:  # the profile's storage, dilated (engine/dilation.py)
+            return t + m.pacing.reload_s(m.weight_bytes)
+        return t + m.weight_bytes / (DISK_GBPS_SEED * 1e9)
+
+    @staticmethod
+    def link_s(view: View, m: ModelView, nbytes: float, copies: int = 1) -> float:
+        """Seconds to copy ``nbytes`` onto the accelerator for this model: its own
+        pacing under a profile (per-copy cost and dilated GB/s), else the device's link."""
+        if m.pacing is not None:
+            return m.pacing.copy_s(nbytes, copies, "h2d")
+        return nbytes / (view.link_gbps * 1e9)
 
     def park_to(self, view: View, m: ModelView) -> str:
         """Host RAM when it has room (reload over the link only), else disk."""
@@ -549,8 +562,8 @@ class Planner(Policy):
             small = abs(k - m.resident) < MIN_MOVE_BLOCKS and mode == m.mode
             # hysteresis in link time: a move that costs the link milliseconds may follow
             # the last one soon (a burst needs its blocks now); a slow link dwells long
-            dwell = min(DWELL_S, max(MIN_DWELL_S, DWELL_LINK_X * abs(k - m.resident) * m.block_bytes
-                                     / (view.link_gbps * 1e9)))
+            moved = abs(k - m.resident)
+            dwell = min(DWELL_S, max(MIN_DWELL_S, DWELL_LINK_X * self.link_s(view, m, moved * m.block_bytes, moved)))
             # within its dwell a busy model is not moved again, either way, unless
             # the budget is exceeded now or a pin's minimum needs it (an idle one has
             # no service to lose) (a resume that needs
