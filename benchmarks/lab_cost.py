@@ -56,6 +56,9 @@ async def _window(eng, seconds: float, size: tuple[int, int] | None) -> dict:
 async def run(args) -> dict:
     from labtui.engine import Engine
 
+    from labtui.tui.trim import tune_malloc
+
+    tune_malloc()  # as the lab does before its engine starts; the headless windows share it
     eng = Engine(device="sim", memory_gib=2, link="pcie4-x16", seed=0)
     names = [n.strip() for n in args.model.split(",") if n.strip()]
     for i, name in enumerate(names):

@@ -177,6 +177,9 @@ async def soak(args) -> dict:
 
     rng = random.Random(args.seed)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
+    from labtui.tui.trim import tune_malloc
+
+    tune_malloc()  # as the lab does before its engine starts (labtui/tui/app.py main)
     eng = Engine(device="sim", memory_gib=args.memory_gib, link=args.link, host_slowdown=2.0, seed=args.seed)
     ids = []
     for i, name in enumerate(names):

@@ -802,6 +802,9 @@ def main(scenario_path: str | None, device: str | None, time_scale: float = 1.0)
     if not time_scale > 0:
         raise LabError(f"--time-scale {time_scale:g} is not > 0; accepted: a number > 0 "
                        "(2 = the timeline at half speed, 0.5 = twice as fast)")
+    from labtui.tui.trim import tune_malloc
+
+    tune_malloc()  # before the engine's threads start (trim.py)
     app = LabApp(scenario=scn, engine_factory=factory, time_scale=time_scale)
     try:
         rc = app.run()

@@ -9,6 +9,13 @@ a 3-minute soak: RSS swung 615-709 MB between 30 s samples, and ``malloc_trim(0)
 brought each sample back to 615-687 MB in 0.1-9 ms. So a thread calls it every
 ``TRIM_PERIOD_S``, off the UI thread and off the engine's. A no-op where libc
 has no malloc_trim (musl, macOS, Windows).
+
+``tune_malloc`` runs once, before the engine's threads start: glibc's mmap
+threshold is dynamic (it rises up to 32 MiB each time a large block is freed), so
+after the first layer copy every multi-MB tensor (a block's weights moving
+between host and accelerator memory, KV regrowth) is carved out of the heap, where
+blocks freed out of order leave holes that malloc_trim cannot hand back. A fixed
+threshold keeps those on their own mappings, returned to the OS when freed.
 """
 
 from __future__ import annotations
@@ -18,6 +25,20 @@ import ctypes.util
 import threading
 
 TRIM_PERIOD_S = 10.0
+MMAP_THRESHOLD = 4 << 20  # bytes: a block's weights and large KV buffers; not per-step activations
+_M_MMAP_THRESHOLD = -3  # glibc malloc.h
+
+
+def tune_malloc(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold (see the module docstring); False where libc has no mallopt."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return bool(fn(_M_MMAP_THRESHOLD, int(threshold)))
 
 
 def _malloc_trim():
