@@ -150,3 +150,39 @@ def test_under_a_profile_the_seeds_are_the_models_own_pacing_not_the_devices_lin
     c = full / 9
     assert abs((p.step_s(view, paced, 7, "host") - full) - (c * (pacing.host_slowdown_factor - 1) + 2e-5)) < 1e-12
     assert pacing.host_slowdown_factor != 4.0
+
+
+def _resume_of(p, wait_s):
+    b = _mv("B", state="preempted", queued=2, oldest_wait_s=wait_s, max_new_tokens=48, parked="host",
+            auto_preempted=True, accel_bytes=0, slo_ttft_s=1.0, slo_tpot_s=0.15)
+    view = _view([b], free=190 * MiB)
+    lr = p._l(b)
+    lr.step_s[(8, "resident")] = 0.02
+    lr.reload_s["host"] = 0.5  # 25 resident steps: worth pipelining for the first token
+    (r,) = [a for a in p.plan(view) if isinstance(a.cmd, C.Resume)]
+    return r
+
+
+def test_a_resume_is_sequential_when_the_ttft_target_absorbs_the_reload():
+    p = Planner()
+    # waited 0.1 s: 0.1 + 0.5 s reload <= 80% of the 1 s target: the whole model first
+    r = _resume_of(p, 0.1)
+    assert r.cmd.pipelined is False and "absorbs" in r.reason
+    # waited 0.5 s: the reload would make it miss: pipelined, the first token sooner
+    assert _resume_of(Planner(), 0.5).cmd.pipelined is True
+
+
+def test_a_pipelined_climb_starts_in_the_mode_that_is_faster_with_one_block_back():
+    from labtui.engine.profiles import get_profile
+
+    def start_mode(**kw):
+        p = Planner()
+        b = _mv("B", state="preempted", queued=1, parked="host", accel_bytes=0, **kw)
+        (r,) = p._fit_resumes(_view([b], free=190 * MiB), [], [(b, 8, "stream", True, "pipelined", "why")])
+        return r.cmd.start_mode
+
+    # the device's 25 GB/s link against 4x slower host blocks: streaming
+    assert start_mode() == "stream"
+    # the study's link, dilated: a streamed block costs far more than a host-executed one
+    pacing = get_profile("study-a6000").pacing_for(0.02, 8 * 10 * MiB + 4 * MiB, n_layers=8, block_bytes=10 * MiB)
+    assert start_mode(pacing=pacing) == "host"

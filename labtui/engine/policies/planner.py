@@ -50,8 +50,9 @@ not within its dwell of its last move, either way, unless the budget is exceeded
 (20x the move's link time, ``MIN_DWELL_S`` = the measurements' time constant ..
 ``DWELL_S``). Resumes are sized to the memory free after the plan's shrinks. Preempted models with work are
 resumed pipelined (decode starts when the embedding and first block are back; the
-residency climbs block by block) when the reload costs more than ``PIPELINE_STEPS``
-resident steps, else sequentially. Step choice (admission order): a decode step
+residency climbs block by block, starting in the offload mode the cost model finds
+faster) when the reload costs more than ``PIPELINE_STEPS`` resident steps and the
+oldest waiting request's TTFT target cannot absorb it, else sequentially. Step choice (admission order): a decode step
 whose TPOT deadline (last step + slo_tpot_s) has passed first; else prefills first
 (as vLLM), the one nearest its TTFT deadline (arrival + slo_ttft_s) first; else the
 decode with the least slack; slack divided by the model's slo_weight.
@@ -549,7 +550,16 @@ class Planner(Policy):
                     # reloads in about a step, the sequential reload is sooner (docs/policies.md)
                     rel = self.reload_s(view, m, m.parked or "host")
                     pipe = rel > PIPELINE_STEPS * self.step_s(view, m, m.n_layers, "resident")
-                    how = "pipelined" if pipe else f"sequentially (reload {rel * 1e3:.0f} ms, about a step)"
+                    # A pipelined climb trades TPOT for TTFT: its first tokens come at the
+                    # offloaded steps' speed. When the oldest waiting request's TTFT
+                    # target still absorbs the whole reload, the sequential one meets both.
+                    absorbs = m.oldest_wait_s + rel <= SLO_MARGIN * slo[0]
+                    if pipe and absorbs:
+                        pipe = False
+                        how = (f"sequentially (reload {rel * 1e3:.0f} ms: its oldest request's "
+                               f"{slo[0] * 1e3:.0f} ms TTFT absorbs it)")
+                    else:
+                        how = "pipelined" if pipe else f"sequentially (reload {rel * 1e3:.0f} ms, about a step)"
                     resumes.append((m, k, mode, pipe, how, why))
                 continue
             if not (must or worth) or (m.climbing and not must):
@@ -621,8 +631,12 @@ class Planner(Policy):
                 k2, mode2 = k, mode  # nothing fits yet: ask anyway (refused: retried)
             note = "" if (k2, mode2) == (k, mode) else f" (now {k2}/{m.n_layers} {mode2}: what is free)"
             free -= view.bytes_for(m.id, k2, mode2, kv=True)
+            # the climb starts with one block back and the rest offloaded in the mode the
+            # cost model finds faster there: streaming on a slow link (a profile's, dilated)
+            # costs every step the whole model's bytes, and takes the link from the climb
+            start = min(("stream", "host"), key=lambda md: self.step_s(view, m, 1, md)) if pipe else mode2
             out.append(Action(C.Resume(model=m.id, residency=k2 / m.n_layers, mode=mode2, pipelined=pipe,
-                                       start_mode=mode2),
+                                       start_mode=start),
                               f"{m.id} has work: resume {how} to {k}/{m.n_layers} blocks ({mode}){note}: {why}"))
         return out
 
