@@ -55,7 +55,6 @@ async def _window(eng, seconds: float, size: tuple[int, int] | None) -> dict:
 
 async def run(args) -> dict:
     from labtui.engine import Engine
-
     from labtui.tui.trim import tune_malloc
 
     tune_malloc()  # as the lab does before its engine starts; the headless windows share it

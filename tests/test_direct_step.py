@@ -12,11 +12,10 @@ import copy
 
 import pytest
 import torch
+from conftest import SMALLEST
 
 from labtui.engine.decode import direct_decoder, forward, prefill
 from labtui.engine.kvbuffer import GrowableCache
-
-from conftest import SMALLEST
 
 DIRECT = ["llama-5m", "qwen2-20m", "qwen3-10m"]
 PROMPTS = ["The link between the host and the accelerator", "Layers move while the"]

@@ -29,27 +29,25 @@ MMAP_THRESHOLD = 4 << 20  # bytes: a block's weights and large KV buffers; not p
 _M_MMAP_THRESHOLD = -3  # glibc malloc.h
 
 
+def _libc_fn(name: str, argtypes: list):
+    """A libc function by name, or None where this libc has none (musl, macOS, Windows)."""
+    try:
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = argtypes
+    fn.restype = ctypes.c_int
+    return fn
+
+
 def tune_malloc(threshold: int = MMAP_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold (see the module docstring); False where libc has no mallopt."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return bool(fn(_M_MMAP_THRESHOLD, int(threshold)))
+    fn = _libc_fn("mallopt", [ctypes.c_int, ctypes.c_int])
+    return fn is not None and bool(fn(_M_MMAP_THRESHOLD, int(threshold)))
 
 
 def _malloc_trim():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
-    return fn
+    return _libc_fn("malloc_trim", [ctypes.c_size_t])
 
 
 class HeapTrimmer:
