@@ -179,7 +179,8 @@ async def soak(args) -> dict:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     from labtui.tui.trim import tune_malloc
 
-    tune_malloc()  # as the lab does before its engine starts (labtui/tui/app.py main)
+    if not args.no_tune_malloc:
+        tune_malloc()  # as the lab does before its engine starts (labtui/tui/app.py main)
     eng = Engine(device="sim", memory_gib=args.memory_gib, link=args.link, host_slowdown=2.0, seed=args.seed)
     ids = []
     for i, name in enumerate(names):
@@ -412,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracemalloc", type=int, default=0, metavar="N",
                    help="print the N allocation sites that grew most over the measured run (slow)")
     p.add_argument("--tracemalloc-frames", type=int, default=4)
+    p.add_argument("--no-tune-malloc", action="store_true",
+                   help="keep glibc's dynamic mmap threshold (what the lab did before tui/trim.tune_malloc)")
     p.add_argument("--stalls", action="store_true", help="sample the UI thread's stack while its loop is late")
     args = p.parse_args(argv)
     import torch

@@ -28,7 +28,8 @@ def _f(x: float | None, digits: int = 2) -> str:
 
 
 def _gib(x: Any) -> str:
-    return f"{x / 1024**3:.1f} GiB" if isinstance(x, int | float) and x else ""
+    # three significant digits: a 0.13 GiB sim budget is not "0.1", 23.5 GiB of RAM stays so
+    return f"{x / 1024**3:.3g} GiB" if isinstance(x, int | float) and x else ""
 
 
 def machines(bundles: list[Bundle], cols: list[str]) -> str:
