@@ -2,9 +2,9 @@
 # The policy benchmark suite, quick variant, and its report (docs/report-policies-quick).
 # Run from the repository root: sh scenarios/bench/run-quick.sh [BUNDLES_DIR]
 # Every scenarios/bench/*.toml with --quick (ollama, llamacpp-router, static-split and
-# planner, 4 repetitions each, interleaved), then the pipelined-resume benchmark on sim
+# planner, 3-4 repetitions each, interleaved), then the pipelined-resume benchmark on sim
 # and under the study's profile (study-a6000), then `labtui report`; the resume table
-# is appended to the report. About 10 minutes on the project's 2-core VM (542 s shared).
+# is appended to the report. About 15 minutes on the project's 2-core VM (911 s, 2026-12-03).
 set -e
 out=${1:-runs/bench-quick}
 start=$(date +%s)
