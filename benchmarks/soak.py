@@ -172,13 +172,12 @@ async def soak(args) -> dict:
     from labtui.engine import Engine
     from labtui.engine.commands import LaunchWorkload
     from labtui.tui.app import LabApp
+    from labtui.tui.trim import tune_malloc
     from labtui.tui.widgets.model_card import ModelCard
     from labtui.tui.widgets.slider import ResidencySlider
 
     rng = random.Random(args.seed)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    from labtui.tui.trim import tune_malloc
-
     if not args.no_tune_malloc:
         tune_malloc()  # as the lab does before its engine starts (labtui/tui/app.py main)
     eng = Engine(device="sim", memory_gib=args.memory_gib, link=args.link, host_slowdown=2.0, seed=args.seed)

@@ -15,6 +15,7 @@ import inspect
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache
@@ -71,8 +72,18 @@ def _cache_kwarg(model) -> str:
 _DIRECT_FAMILIES = frozenset({"llama", "qwen2", "qwen3"})
 
 
-def direct_decoder(model) -> torch.nn.Module | None:
-    """The inner decoder when an unpadded one-token step may call its blocks directly.
+class DirectDecoder(NamedTuple):
+    """The modules a direct one-token step calls, looked up once per model."""
+
+    embed: torch.nn.Module
+    rotary: torch.nn.Module
+    blocks: tuple  # the decoder blocks (not a ModuleList slice, which builds a module per step)
+    norm: torch.nn.Module
+    head: torch.nn.Module
+
+
+def direct_decoder(model) -> DirectDecoder | None:
+    """The decoder's modules when an unpadded one-token step may call its blocks directly.
 
     Why by hand: for a one-token step without padding, transformers' model-level
     forward (argument decorators, output capture, ``create_causal_mask``, output
@@ -93,16 +104,18 @@ def direct_decoder(model) -> torch.nn.Module | None:
         return None
     if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
         return None
-    return inner
+    return DirectDecoder(inner.embed_tokens, inner.rotary_emb, tuple(inner.layers[: cfg.num_hidden_layers]),
+                         inner.norm, model.lm_head)
 
 
 def _direct_step(hm: HostedModel, ids: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
-    inner = hm.direct
-    h = inner.embed_tokens(ids)
-    pe = inner.rotary_emb(h, position_ids=pos)
-    for block in inner.layers[: hm.config.num_hidden_layers]:
-        h = block(h, attention_mask=None, position_embeddings=pe, position_ids=pos, use_cache=True, **{hm.cache_kwarg: cache})
-    return hm.model.lm_head(inner.norm(h))[:, -1, :]
+    d = hm.direct
+    h = d.embed(ids)
+    pe = d.rotary(h, position_ids=pos)
+    kw = {hm.cache_kwarg: cache}
+    for block in d.blocks:
+        h = block(h, attention_mask=None, position_embeddings=pe, position_ids=pos, use_cache=True, **kw)
+    return d.head(d.norm(h))[:, -1, :]
 
 
 def forward(hm: HostedModel, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:

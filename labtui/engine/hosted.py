@@ -93,7 +93,7 @@ class HostedModel(Placement, Streaming, KVPlacement, Checkpoint, Reservation):
         self._reserved = 0
         self._weight_bytes: int | None = None
         self.cache_kwarg: str | None = None  # name of forward()'s KV-cache argument
-        self.direct = None  # inner decoder for direct one-token steps (decode.direct_decoder)
+        self.direct = None  # decode.DirectDecoder: the modules of a direct one-token step
         self._kv_tok_key: tuple | None = None
         self._kv_tok = 0
         self.accel_kv_last = 0  # accelerator KV bytes after the last step (admission)
