@@ -1,9 +1,10 @@
 """The direct one-token step (decode.direct_decoder) is the full forward, bit for bit.
 
 For the families it serves it must give the same float32 logits as transformers'
-model-level forward on the same KV, with blocks resident, streamed and on the host
-(their offload hooks fire on the same calls); other families, padded steps and
-prefills keep the full forward.
+model-level forward on the same KV, with blocks resident (their ops run as plain
+tensor ops, directblock.py), streamed and on the host (their module calls kept, so
+their offload hooks fire); other families, padded steps and prefills keep the full
+forward.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from conftest import SMALLEST
 from labtui.engine.decode import direct_decoder, forward, prefill
 from labtui.engine.kvbuffer import GrowableCache
 
-DIRECT = ["llama-5m", "qwen2-20m", "qwen3-10m"]
+DIRECT = ["llama-5m", "qwen2-20m", "qwen3-10m"]  # float32 (qwen2: biases; qwen3: q/k norms)
 PROMPTS = ["The link between the host and the accelerator", "Layers move while the"]
 
 
@@ -35,24 +36,55 @@ def _batch_cache(hm, prompts):
     return cache, torch.tensor(nxt).unsqueeze(1), torch.full((len(ids), 1), n)
 
 
+def _assert_direct_equals_full(hm, steps: int = 6) -> None:
+    a_cache, ids, pos = _batch_cache(hm, PROMPTS)
+    b_cache = copy.deepcopy(a_cache)
+    direct = direct_decoder(hm.model)
+    assert direct is not None
+    for _ in range(steps):  # a few steps: the KV each path wrote is read by the next
+        hm.direct = direct
+        a = forward(hm, ids, None, pos, a_cache)
+        hm.direct = None  # the full transformers forward
+        b = forward(hm, ids, None, pos, b_cache)
+        assert torch.equal(a, b), f"{hm.source} {hm.placement}: direct step logits differ"
+        ids, pos = a.argmax(-1, keepdim=True), pos + 1
+    hm.direct = direct
+
+
 @pytest.mark.parametrize("name", DIRECT)
 @pytest.mark.parametrize("res,mode", [(1.0, "stream"), (0.5, "stream"), (0.5, "host")])
 def test_direct_step_logits_equal_full_forward(name, res, mode, engine):
     m = engine.load(f"zoo:{name}")
     engine.set_residency(m, res, mode=mode)
+    _assert_direct_equals_full(engine._models[m].hm)
+
+
+@pytest.mark.parametrize("name", ["llama-5m", "qwen3-10m"])
+def test_direct_step_bfloat16(name, engine):
+    """Loaded in bfloat16: RMSNorm's float32 round trip and the rotary products
+    rounded as transformers rounds them."""
+    m = engine.load(f"zoo:{name}", dtype="bfloat16")
     hm = engine._models[m].hm
-    a_cache, ids, pos = _batch_cache(hm, PROMPTS)
-    b_cache = copy.deepcopy(a_cache)
-    direct = direct_decoder(hm.model)
-    assert direct is not None
-    for _ in range(6):  # a few steps: the KV each path wrote is read by the next
-        hm.direct = direct
-        a = forward(hm, ids, None, pos, a_cache)
-        hm.direct = None  # the full transformers forward
-        b = forward(hm, ids, None, pos, b_cache)
-        assert torch.equal(a, b), f"{name} {res} {mode}: direct step logits differ"
-        ids, pos = a.argmax(-1, keepdim=True), pos + 1
-    hm.direct = direct
+    assert next(hm.model.parameters()).dtype == torch.bfloat16
+    _assert_direct_equals_full(hm)
+
+
+@pytest.mark.parametrize("res,mode", [(1.0, "stream"), (0.5, "stream"), (0.5, "host")])
+def test_plain_ops_only_for_blocks_without_a_hook(res, mode, engine, monkeypatch):
+    """Resident blocks run as plain ops; a streamed or host block keeps its module
+    call, whose hook streams its weights in or runs it on the host."""
+    import labtui.engine.decode as decode
+    from labtui.engine.placement import RESIDENT
+
+    plain = []
+    real = decode.block_step
+    monkeypatch.setattr(decode, "block_step", lambda d, *a: plain.append(d.layer_idx) or real(d, *a))
+    m = engine.load("zoo:llama-5m")
+    engine.set_residency(m, res, mode=mode)
+    hm = engine._models[m].hm
+    engine.generate(m, [1, 5, 6, 7], max_new_tokens=3)  # two decode steps
+    resident = [i for i, p in enumerate(hm.placement) if p == RESIDENT]
+    assert plain == resident * 2
 
 
 def test_direct_step_is_taken(engine, monkeypatch):

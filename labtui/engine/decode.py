@@ -20,6 +20,8 @@ from typing import NamedTuple
 import torch
 from transformers import DynamicCache
 
+from labtui.engine.directblock import direct_block, has_hook, rotary_tables
+from labtui.engine.directblock import step as block_step
 from labtui.engine.hosted import HostedModel
 from labtui.engine.kvbuffer import GrowableCache
 
@@ -80,6 +82,7 @@ class DirectDecoder(NamedTuple):
     blocks: tuple  # the decoder blocks (not a ModuleList slice, which builds a module per step)
     norm: torch.nn.Module
     head: torch.nn.Module
+    plain: tuple  # per block, its directblock.DirectBlock (None: always the module call)
 
 
 def direct_decoder(model) -> DirectDecoder | None:
@@ -104,17 +107,24 @@ def direct_decoder(model) -> DirectDecoder | None:
         return None
     if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
         return None
-    return DirectDecoder(inner.embed_tokens, inner.rotary_emb, tuple(inner.layers[: cfg.num_hidden_layers]),
-                         inner.norm, model.lm_head)
+    blocks = tuple(inner.layers[: cfg.num_hidden_layers])
+    return DirectDecoder(inner.embed_tokens, inner.rotary_emb, blocks, inner.norm, model.lm_head,
+                         tuple(direct_block(b) for b in blocks))
 
 
 def _direct_step(hm: HostedModel, ids: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
     d = hm.direct
     h = d.embed(ids)
     pe = d.rotary(h, position_ids=pos)
+    rot = None
     kw = {hm.cache_kwarg: cache}
-    for block in d.blocks:
-        h = block(h, attention_mask=None, position_embeddings=pe, position_ids=pos, use_cache=True, **kw)
+    for block, plain in zip(d.blocks, d.plain):
+        if plain is not None and not has_hook(block):  # resident: its ops without the module calls
+            if rot is None:
+                rot = rotary_tables(*pe)
+            h = block_step(plain, h, rot, cache)
+        else:
+            h = block(h, attention_mask=None, position_embeddings=pe, position_ids=pos, use_cache=True, **kw)
     return d.head(d.norm(h))[:, -1, :]
 
 
