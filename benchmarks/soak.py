@@ -8,6 +8,11 @@ actions for N minutes. Prints one JSON object:
   not one difference: glibc's arenas move RSS by tens of MB either way);
 - rss_slope_mb_per_min / rss_slope_2nd_half_mb_per_min: least-squares slope of
   those samples (the figure the goal is about), over the run and its second half;
+- heap_slope_mb_per_min: the same slope of where RSS lives, sampled with it:
+  glibc's ``in_use`` (held by someone), ``free`` (kept in the arenas) and
+  ``mmapped`` MB (trim.heap_mb), and Python's allocated blocks (``py_blocks_k``,
+  thousands); object_growth: the object types whose live count grew most from the
+  start of the measured run to its end (after a gc);
 - key_ms_p50 / key_ms_p95 / key_ms_max: how long the lab took to handle a key or
   click: from posting the event until the app and every widget of the screen have
   handled it and the messages it caused, and the screen is repainted (``Input``);
@@ -51,6 +56,26 @@ DEFAULT_MODELS = "llama-5m,qwen3-10m,gpt2-10m,phi3-15m"
 
 def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
+
+
+def _heap() -> dict:
+    """Where the RSS lives now (see heap_slope_mb_per_min in the docstring)."""
+    from labtui.tui.trim import heap_mb
+
+    h = heap_mb() or {}
+    h["py_blocks_k"] = round(sys.getallocatedblocks() / 1000, 1)
+    return h
+
+
+def _type_counts() -> dict[str, int]:
+    import gc
+
+    gc.collect()
+    counts: dict[str, int] = {}
+    for o in gc.get_objects():
+        n = type(o).__qualname__
+        counts[n] = counts.get(n, 0) + 1
+    return counts
 
 
 def _slope(samples: list[tuple[float, float]]) -> float | None:
@@ -300,7 +325,9 @@ async def soak(args) -> dict:
 
             prof = cProfile.Profile()  # this thread only: the lab's event loop
             prof.enable()
+        types_start = _type_counts()
         rss_start = _rss_mb()
+        heap_samples = [(0, _heap())]
         t_end = time.monotonic() + args.minutes * 60
         next_check = time.monotonic() + 10
         t_run, rss_samples, next_sample = time.monotonic(), [(0, round(rss_start, 1))], time.monotonic() + 30
@@ -313,8 +340,10 @@ async def soak(args) -> dict:
                 next_check = time.monotonic() + 10
             if time.monotonic() >= next_sample:  # the trend tells a leak from allocator noise
                 rss_samples.append((round(time.monotonic() - t_run), round(_rss_mb(), 1)))
+                heap_samples.append((rss_samples[-1][0], _heap()))
                 next_sample += 30
         rss_end = _rss_mb()
+        types_end = _type_counts()
         if prof is not None:
             prof.disable()
             prof.dump_stats(args.profile)
@@ -373,6 +402,11 @@ async def soak(args) -> dict:
         "rss_slope_mb_per_min": _round(_slope(rss_samples)),
         "rss_slope_2nd_half_mb_per_min": _round(_slope(
             [x for x in rss_samples if x[0] >= rss_samples[-1][0] / 2])),
+        "heap_samples": heap_samples,
+        "heap_slope_mb_per_min": {k: _round(_slope([(t, h[k]) for t, h in heap_samples if k in h]))
+                                  for k in heap_samples[0][1]},
+        "object_growth": dict(sorted(((n, c - types_start.get(n, 0)) for n, c in types_end.items()),
+                                     key=lambda x: -x[1])[:12]),
         "key_ms_p50": round(1000 * statistics.median(key_s), 1) if key_s else None,
         "key_ms_p95": round(1000 * _pct(key_s, 0.95), 1) if key_s else None,
         "key_ms_max": round(1000 * max(key_s), 1) if key_s else None,

@@ -70,9 +70,9 @@ def test_direct_step_bfloat16(name, engine):
 
 
 @pytest.mark.parametrize("res,mode", [(1.0, "stream"), (0.5, "stream"), (0.5, "host")])
-def test_plain_ops_only_for_blocks_without_a_hook(res, mode, engine, monkeypatch):
-    """Resident blocks run as plain ops; a streamed or host block keeps its module
-    call, whose hook streams its weights in or runs it on the host."""
+def test_plain_ops_for_every_block_with_its_offload_hook(res, mode, engine, monkeypatch):
+    """Every block runs as plain ops; a streamed or host block's offload hook still
+    fires around them (its weights streamed in, or its compute on the host)."""
     import labtui.engine.decode as decode
     from labtui.engine.placement import RESIDENT
 
@@ -82,9 +82,31 @@ def test_plain_ops_only_for_blocks_without_a_hook(res, mode, engine, monkeypatch
     m = engine.load("zoo:llama-5m")
     engine.set_residency(m, res, mode=mode)
     hm = engine._models[m].hm
+    offloaded = sum(p != RESIDENT for p in hm.placement)
+    streamed0, host0 = hm.stream_bytes_moved, hm.host_compute_s
     engine.generate(m, [1, 5, 6, 7], max_new_tokens=3)  # two decode steps
-    resident = [i for i, p in enumerate(hm.placement) if p == RESIDENT]
-    assert plain == resident * 2
+    assert plain == list(range(hm.n_layers)) * 2
+    assert (hm.stream_bytes_moved > streamed0) == (offloaded > 0 and mode == "stream")
+    assert (hm.host_compute_s > host0) == (offloaded > 0 and mode == "host")
+
+
+def test_a_foreign_hook_keeps_the_module_call(engine, monkeypatch):
+    """A block with a hook that is not the engine's (a user's forward hook) is called
+    as a module, so that hook runs."""
+    import labtui.engine.decode as decode
+
+    m = engine.load("zoo:llama-5m")
+    hm = engine._models[m].hm
+    fired = []
+    h = hm.model.model.layers[2].register_forward_hook(lambda *a: fired.append(1))
+    plain = []
+    real = decode.block_step
+    monkeypatch.setattr(decode, "block_step", lambda d, *a: plain.append(d.layer_idx) or real(d, *a))
+    try:
+        engine.generate(m, [1, 5, 6, 7], max_new_tokens=3)
+    finally:
+        h.remove()
+    assert len(fired) == 3 and 2 not in plain  # the prefill and two decode steps
 
 
 def test_direct_step_is_taken(engine, monkeypatch):

@@ -24,6 +24,7 @@ from labtui.engine.directblock import direct_block, has_hook, rotary_tables
 from labtui.engine.directblock import step as block_step
 from labtui.engine.hosted import HostedModel
 from labtui.engine.kvbuffer import GrowableCache
+from labtui.engine.streaming import offload_hook
 
 
 @dataclass(eq=False)
@@ -116,15 +117,25 @@ def _direct_step(hm: HostedModel, ids: torch.Tensor, pos: torch.Tensor, cache) -
     d = hm.direct
     h = d.embed(ids)
     pe = d.rotary(h, position_ids=pos)
-    rot = None
+    rot = host_rot = None
     kw = {hm.cache_kwarg: cache}
-    for block, plain in zip(d.blocks, d.plain):
-        if plain is not None and not has_hook(block):  # resident: its ops without the module calls
-            if rot is None:
-                rot = rotary_tables(*pe)
-            h = block_step(plain, h, rot, cache)
-        else:
+    for block, plain in zip(d.blocks, d.plain, strict=True):
+        hook = offload_hook(block)
+        if plain is None or (hook is None and has_hook(block)):  # not ours to unwrap: the module call
             h = block(h, attention_mask=None, position_embeddings=pe, position_ids=pos, use_cache=True, **kw)
+            continue
+        if rot is None:
+            rot = rotary_tables(*pe)
+        if hook is None:  # resident: its ops without the module calls
+            h = block_step(plain, h, rot, cache)
+            continue
+        # streamed or on the host: the offload hook's own pre/post around the same ops
+        # (binds the streamed weights / moves the activations and times the host block)
+        args, hkw = hook.pre_forward(block, h, position_embeddings=pe)
+        pe_b = hkw["position_embeddings"]  # moved to the host once per forward for host blocks
+        if pe_b is not pe and (host_rot is None or host_rot[0] is not pe_b):
+            host_rot = (pe_b, rotary_tables(*pe_b))
+        h = hook.post_forward(block, block_step(plain, args[0], rot if pe_b is pe else host_rot[1], cache))
     return d.head(d.norm(h))[:, -1, :]
 
 

@@ -38,6 +38,12 @@ class _BlockHook(ModelHook):
         return self.hosted._post_block(self.index, output)
 
 
+def offload_hook(block: nn.Module) -> _BlockHook | None:
+    """The engine's offload hook on ``block`` (a stream or host block), else None."""
+    hook = getattr(block, "_hf_hook", None)
+    return hook if type(hook) is _BlockHook else None
+
+
 class Streaming:
     """Per-forward work for stream and host blocks: hooks, prefetch, activations."""
 

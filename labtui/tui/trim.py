@@ -46,6 +46,26 @@ def tune_malloc(threshold: int = MMAP_THRESHOLD) -> bool:
     return fn is not None and bool(fn(_M_MMAP_THRESHOLD, int(threshold)))
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_mb() -> dict | None:
+    """glibc's view of the heap, in MB: ``in_use`` (malloc'd and not freed, what
+    something still holds), ``free`` (freed but kept in the arenas: fragmentation),
+    ``mmapped`` (blocks above the mmap threshold, each its own mapping). None where
+    libc has no mallinfo2 (glibc before 2.33, musl, macOS, Windows)."""
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [], _MallInfo2
+    mi = fn()
+    return {"in_use": round(mi.uordblks / 2**20, 1), "free": round(mi.fordblks / 2**20, 1),
+            "mmapped": round(mi.hblkhd / 2**20, 1)}
+
+
 def _malloc_trim():
     return _libc_fn("malloc_trim", [ctypes.c_size_t])
 
