@@ -93,8 +93,8 @@ def direct_decoder(model) -> DirectDecoder | None:
     forward (argument decorators, output capture, ``create_causal_mask``, output
     dataclasses) only works out that the mask is None and the positions are the ones
     given, about 1 ms of Python on a 2-core machine, 28% of a llama-5m step. The same
-    blocks, norm and head then run with the same arguments (so offload hooks fire as
-    before) and the logits are bit-identical (tests/test_direct_step.py). Only for the
+    blocks (as plain ops, directblock.py, inside their offload hooks), norm and head
+    then run and the logits are bit-identical (tests/test_direct_step.py). Only for the
     families above with full attention in every layer and the sdpa kernel (where that
     mask is None); everything else, and every prefill, takes the full forward.
     """

@@ -1,4 +1,4 @@
-"""A resident decoder block's one-token step as plain tensor ops (llama, qwen2, qwen3).
+"""A decoder block's one-token step as plain tensor ops (llama, qwen2, qwen3).
 
 Why by hand: at batch 1 on a CPU a llama block's own arithmetic is seven matrix-vector
 products, yet transformers' block spends about as long again in Python around them:
@@ -14,9 +14,10 @@ query. Its one rewrite is exact in IEEE arithmetic: ``rotate_half(q) * sin`` is
 is exact), built once per step instead of a slice/neg/cat per query and key per
 layer. The logits are bit-identical to the full forward (tests/test_direct_step.py).
 
-Only for blocks with no hook (resident ones): a streamed or host block keeps its
-module call so that its offload hook fires; any block this module does not recognise
-keeps it too.
+A resident block runs it directly; a streamed or host block runs it between its
+offload hook's own pre_forward and post_forward (decode._direct_step), so its weights
+are streamed in or its compute timed on the host as before. A block with any other
+hook, or one this module does not recognise, keeps its module call.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class DirectBlock(NamedTuple):
     """The modules of one block whose weights the step reads (read at call time, so a
     placement change that rebinds a parameter is seen)."""
 
-    block: nn.Module
     layer_idx: int
     in_norm: nn.Module
     q: nn.Linear
@@ -77,7 +77,7 @@ def direct_block(block: nn.Module) -> DirectBlock | None:
     if groups > 1 and a.head_dim > 256:
         return None  # transformers packs GQA by hand there instead of enable_gqa
     return DirectBlock(
-        block, a.layer_idx, block.input_layernorm, a.q_proj, a.k_proj, a.v_proj, a.o_proj,
+        a.layer_idx, block.input_layernorm, a.q_proj, a.k_proj, a.v_proj, a.o_proj,
         getattr(a, "q_norm", None), getattr(a, "k_norm", None), block.post_attention_layernorm,
         m.gate_proj, m.up_proj, m.down_proj, isinstance(m.act_fn, _SILU), m.act_fn,
         a.head_dim, a.scaling, groups > 1,
