@@ -1,10 +1,10 @@
 """The direct one-token step (decode.direct_decoder) is the full forward, bit for bit.
 
 For the families it serves it must give the same float32 logits as transformers'
-model-level forward on the same KV, with blocks resident (their ops run as plain
-tensor ops, directblock.py), streamed and on the host (their module calls kept, so
-their offload hooks fire); other families, padded steps and prefills keep the full
-forward.
+model-level forward on the same KV, with blocks resident, streamed and on the host
+(every block's ops run as plain tensor ops, directblock.py; a streamed or host
+block's inside its offload hook's pre/post); other families, padded steps and
+prefills keep the full forward.
 """
 
 from __future__ import annotations

@@ -85,10 +85,10 @@ def direct_block(block: nn.Module) -> DirectBlock | None:
 
 
 def has_hook(block: nn.Module) -> bool:
-    """True when calling ``block`` would run more than its forward (an offload hook,
-    a forward hook, a patched forward)."""
-    return ("forward" in block.__dict__ or bool(block._forward_pre_hooks) or bool(block._forward_hooks)
-            or hasattr(block, "_hf_hook"))
+    """True when calling ``block`` would run more than its forward: a patched forward
+    (what accelerate's ``add_hook_to_module`` installs, offload hooks included) or a
+    torch forward hook."""
+    return "forward" in block.__dict__ or bool(block._forward_pre_hooks) or bool(block._forward_hooks)
 
 
 def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:

@@ -29,14 +29,14 @@ MMAP_THRESHOLD = 4 << 20  # bytes: a block's weights and large KV buffers; not p
 _M_MMAP_THRESHOLD = -3  # glibc malloc.h
 
 
-def _libc_fn(name: str, argtypes: list):
+def _libc_fn(name: str, argtypes: list, restype=ctypes.c_int):
     """A libc function by name, or None where this libc has none (musl, macOS, Windows)."""
     try:
         fn = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
     fn.argtypes = argtypes
-    fn.restype = ctypes.c_int
+    fn.restype = restype
     return fn
 
 
@@ -56,11 +56,9 @@ def heap_mb() -> dict | None:
     something still holds), ``free`` (freed but kept in the arenas: fragmentation),
     ``mmapped`` (blocks above the mmap threshold, each its own mapping). None where
     libc has no mallinfo2 (glibc before 2.33, musl, macOS, Windows)."""
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
-    except (OSError, AttributeError):
+    fn = _libc_fn("mallinfo2", [], _MallInfo2)
+    if fn is None:
         return None
-    fn.argtypes, fn.restype = [], _MallInfo2
     mi = fn()
     return {"in_use": round(mi.uordblks / 2**20, 1), "free": round(mi.fordblks / 2**20, 1),
             "mmapped": round(mi.hblkhd / 2**20, 1)}
