@@ -218,6 +218,19 @@ async def test_refused_command_is_a_notification_not_a_traceback():
 
 
 @run_async
+async def test_engine_error_event_is_a_notification():
+    eng = FrozenEngine(demo_snapshot(), [])
+    app = LabApp(eng)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        eng.add_events([Event(seq=10_000, t=1.0, kind="error",
+                              data={"where": "step small", "message": "out of memory on sim"})])
+        assert await wait_for(pilot, lambda: any("out of memory on sim" in n.message for n in app._notifications))
+        n = next(n for n in app._notifications if "out of memory" in n.message)
+        assert n.severity == "error" and "step small" in n.message
+
+
+@run_async
 async def test_busy_engine_shows_as_busy():
     class Stuck(FrozenEngine):
         frozen = False

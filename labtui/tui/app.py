@@ -303,12 +303,12 @@ class LabApp(App):
             log.add_events(events)
         else:
             log.flush_due()  # what the last polls buffered
-            for e in events:
-                if e.kind == "error":
-                    self.notify(
-                        f"engine error in {e.data.get('where')}: {e.data.get('message')}",
-                        severity="error",
-                    )
+        for e in events:
+            if e.kind == "error":
+                self.notify(
+                    f"engine error in {e.data.get('where')}: {e.data.get('message')}",
+                    severity="error",
+                )
         # Parts of the screen redraw at most twice a second; a quiet engine still
         # gets one redraw a second so those parts show its final state.
         if changed or stalled_bucket != self._stalled_shown or now - self._shown_at >= 1.0:
