@@ -6,7 +6,7 @@ as it happens, through an event listener (the runner's bundle writer, a lab
 session's ``labtui.scenario.recorder.SessionRecorder``). Who reads what:
 
 - events (``Engine.events_since``): the lab polls every 0.25 s and shows its last
-  500; tests and benchmarks read a short run's events. 10,000 is a minute of the
+  250; tests and benchmarks read a short run's events. 10,000 is a minute of the
   busiest engine (~150 events/s: two per request, one per layer move), ~10 MB.
 - command log (``Engine.command_log``): the last commands, for tests and scripts;
   ``Engine.commands_total`` counts all of them.

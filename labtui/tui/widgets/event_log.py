@@ -167,8 +167,12 @@ class EventLog(RichLog):
 
     def __init__(self, **kw) -> None:
         # min_width: RichLog renders at >= 78 columns by default, wider than the pane.
+        # max_lines: an event wraps to about four lines in the pane, so the log holds
+        # about the KEEP events it re-wraps on a resize. Each line is a Strip (~2.5 KB
+        # with its caches): 1,000 lines are ~6 MB, filled in a few busy minutes and
+        # then flat (2,000 were 11 MB and took the first 6 minutes of a soak).
         super().__init__(
-            max_lines=2000, wrap=True, markup=False, highlight=False, min_width=20, **kw
+            max_lines=4 * self.KEEP, wrap=True, markup=False, highlight=False, min_width=20, **kw
         )
         self.can_focus = False
         self._pending: list[Event] = []  # not yet written (flush_due)
@@ -179,7 +183,7 @@ class EventLog(RichLog):
         self._items: deque[Event | list[Event]] = deque(maxlen=self.KEEP)
         self._width = 0
 
-    KEEP = 500
+    KEEP = 250  # events kept to re-wrap on a resize (the whole run goes to the bundle)
 
     def on_resize(self) -> None:
         # Lines are wrapped when written; re-wrap the kept events when the pane's
