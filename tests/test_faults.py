@@ -195,6 +195,33 @@ def test_oom_in_a_step_fails_its_requests_lowers_residency_others_serve(eng, oth
         eng.unload("oom")
 
 
+def test_a_snapshot_that_fails_to_build_is_an_error_event_not_a_dead_worker(monkeypatch):
+    """Building a snapshot runs on the worker thread after every tick; one that
+    raises must be reported and retried, not end the thread (the lab would show
+    a stalled engine forever)."""
+    eng = Engine(device="sim", memory_gib=0.5, link=20.0, host_slowdown=1.0)
+    try:
+        eng.load("zoo:llama-5m", id="a")
+        real, failed = eng._build_snapshot, []
+
+        def flaky():
+            if not failed:
+                failed.append(1)
+                raise RuntimeError("snapshot broke once")
+            return real()
+
+        monkeypatch.setattr(eng, "_build_snapshot", flaky)
+        r = eng.submit("a", [5, 6, 7], max_new_tokens=400)  # spans many snapshot periods
+        assert r.done.wait(60) and r.state == "done", r.state
+        assert failed, "the failing snapshot was never built"
+        errs = [e.data for e in eng.events_since(0) if e.kind == "error"]
+        assert any(d["where"] == "snapshot" and "snapshot broke once" in d["message"] for d in errs), errs
+        assert eng.fresh_snapshot().model("a").tokens_generated >= 400
+        assert len(eng.generate("a", [5, 6], max_new_tokens=3).token_ids) == 3  # still serving
+    finally:
+        eng.close()
+
+
 # ---------------------------------------------------------------- close
 def test_closing_the_engine_ends_every_request_with_an_event():
     """Ctrl-C ends a run by closing its engine: requests still running or queued

@@ -42,7 +42,12 @@ class WorkerLoop:
                 self._errors.append(one_line(e))
                 self._emit("error", where="worker", message=one_line(e))
                 did = False
-            self._publish()
+            try:
+                self._publish()
+            except Exception as e:  # nor of a snapshot that failed to build: the next tick retries
+                log.exception("engine snapshot failed")
+                self._errors.append(one_line(e))
+                self._emit("error", where="snapshot", message=one_line(e))
             self._fan_out()
             if self._t_fwd1 is not None:  # a step ran: account the scheduler's share
                 st = self.sched_stats
