@@ -4,6 +4,8 @@ before its token count is reported, not counted as full."""
 
 from __future__ import annotations
 
+import time
+
 import torch
 from conftest import reference_tokens
 
@@ -29,3 +31,24 @@ def test_both_sides_make_the_same_full_length_and_eos_is_seen(zoo_path):
     hf.generation_config.eos_token_id = want[4]
     first = want.index(want[4]) + 1
     assert _hf_decode_s(hf, ids, 12)[2] == first
+
+
+def test_copy_load_copies_the_streamed_blocks_beside_the_compute_and_stops():
+    """The sim bound's copy load moves real bytes (the streamed half's blocks, once
+    per period) and its thread ends with the block."""
+    from labtui.engine.bench import _CopyLoad
+
+    eng = Engine(device="sim", memory_gib=1, link=1000.0, host_slowdown=1.0)
+    try:
+        hm = eng._models[eng.load("zoo:llama-5m")].hm
+        with _CopyLoad(hm, 0.002) as load:
+            deadline = time.monotonic() + 10
+            while not all(torch.equal(d, s) for d, s in load._pairs) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        resident = hm.layers_for_fraction(0.5)
+        streamed = [i for i in range(hm.n_layers) if i not in resident]
+        assert [s.data_ptr() for _, s in load._pairs] == [hm.blocks[i].host_buf.data_ptr() for i in streamed]
+        assert all(torch.equal(d, s) for d, s in load._pairs)
+        assert not load._thread.is_alive()
+    finally:
+        eng.close()
