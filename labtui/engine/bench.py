@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import threading
 import time
 
 import torch
@@ -131,7 +132,7 @@ class _CopyLoad:
         srcs = [hm.blocks[i].host_buf for i in range(hm.n_layers) if i not in resident]
         self._pairs = [(touch(torch.empty_like(b)), b) for b in srcs]
         self._period = period_s
-        self._stop = None
+        self._stop = threading.Event()
 
     def _run(self) -> None:
         from labtui.engine.transfer import _engine_copy
@@ -144,9 +145,6 @@ class _CopyLoad:
             self._stop.wait(max(0.0, nxt - time.perf_counter()))
 
     def __enter__(self):
-        import threading
-
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="labtui-bench-copyload", daemon=True)
         self._thread.start()
         return self

@@ -38,16 +38,12 @@ class WorkerLoop:
             try:
                 did = self._tick()
             except Exception as e:  # never let the worker die: report and go on
-                log.exception("engine tick failed")
-                self._errors.append(one_line(e))
-                self._emit("error", where="worker", message=one_line(e))
+                self._loop_error("worker", e)
                 did = False
             try:
                 self._publish()
             except Exception as e:  # nor of a snapshot that failed to build: the next tick retries
-                log.exception("engine snapshot failed")
-                self._errors.append(one_line(e))
-                self._emit("error", where="snapshot", message=one_line(e))
+                self._loop_error("snapshot", e)
             self._fan_out()
             if self._t_fwd1 is not None:  # a step ran: account the scheduler's share
                 st = self.sched_stats
@@ -86,6 +82,12 @@ class WorkerLoop:
         self._fail_queued_commands(emit=True)
         self._publish(force=True)
         self._fan_out()
+
+    def _loop_error(self, where: str, e: Exception) -> None:
+        """An exception the loop survives: logged, kept for snapshots, an error event."""
+        log.exception("engine %s failed", where)
+        self._errors.append(one_line(e))
+        self._emit("error", where=where, message=one_line(e))
 
     def _count(self, requests: int = 0, commands: int = 0) -> None:
         """Submitted-but-unfinished requests and queued-but-unapplied commands, counted
