@@ -445,7 +445,7 @@ async def soak(args) -> dict:
         "heap_slope_mb_per_min": {k: _round(_slope([(t, h[k]) for t, h in heap_samples if k in h]))
                                   for k in heap_samples[0][1]},
         "object_growth": dict(sorted(((n, c - types_start.get(n, 0)) for n, c in types_end.items()),
-                                     key=lambda x: -x[1])[:12]),
+                                     key=lambda x: -x[1])[:args.growth_top]),
         "key_ms_p50": round(1000 * statistics.median(key_s), 1) if key_s else None,
         "key_ms_p95": round(1000 * _pct(key_s, 0.95), 1) if key_s else None,
         "key_ms_max": round(1000 * max(key_s), 1) if key_s else None,
@@ -488,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracemalloc-frames", type=int, default=4)
     p.add_argument("--no-tune-malloc", action="store_true",
                    help="keep glibc's dynamic mmap threshold (what the lab did before tui/trim.tune_malloc)")
+    p.add_argument("--growth-top", type=int, default=12, metavar="N",
+                   help="how many of the fastest-growing object types to report")
     p.add_argument("--holders", metavar="TYPE", help="report who holds the live objects of TYPE at the end")
     p.add_argument("--stalls", action="store_true", help="sample the UI thread's stack while its loop is late")
     args = p.parse_args(argv)

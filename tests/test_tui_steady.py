@@ -69,3 +69,33 @@ def test_heap_trimmer_trims_until_stopped():
     t.stop()
     t._thread.join(1)
     assert t.trims >= 3 and not t._thread.is_alive()
+
+
+def test_dialogs_do_not_leak_the_footer_keys_they_replace():
+    """Each dialog recomposes the footer twice (open, close); the replaced keys must
+    be freed, not kept by the footer's data-bind watchers (Textual issue #6666)."""
+    import gc
+
+    from textual.widgets._footer import FooterKey
+
+    def live_keys() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, FooterKey))
+
+    async def go():
+        app = LabApp(FrozenEngine(demo_snapshot(), demo_events()))
+        async with app.run_test(size=(100, 30)) as pilot:
+            assert await _until(pilot, lambda: app.selected == "small")
+            await pilot.pause(0.3)
+            shown = len(app.query("FooterKey"))
+            assert shown
+            for _ in range(6):
+                await pilot.press("p")  # the preempt dialog: its own keys
+                await pilot.pause(0.2)
+                await pilot.press("escape")
+                await pilot.pause(0.2)
+            assert len(app.query("FooterKey")) == shown
+            # the main screen's keys and the last dialog's at most, not 12 rebuilds' worth
+            assert live_keys() <= 2 * shown + 8
+
+    asyncio.run(go())

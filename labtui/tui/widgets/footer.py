@@ -5,6 +5,13 @@ mounted, then a layout of the whole screen) on every ``bindings_updated`` signal
 and the screen sends one on every focus change: every click on a card, every tab.
 In the soak that was the lab's most frequent layout (290 recomposes in 90 s). The
 keys shown rarely change (a dialog, a disabled action), so compare them first.
+
+And each recompose leaked the keys it replaced: Footer binds every FooterKey to its
+own ``compact`` reactive (``data_bind``), which stores ``(key, setter)`` in the
+footer's watcher list, and Textual prunes closed watchers only when ``compact``
+changes, which it never does in the lab (Textual issue #6666). Every dialog thus
+kept ~8 dead FooterKeys, their styles and rendered Strips alive: a 30-minute soak
+grew 2-4 MB/min. ``recompose`` drops them here, the way Textual's own pruning does.
 """
 
 from __future__ import annotations
@@ -31,3 +38,21 @@ class LabFooter(Footer):
                 return  # the same keys: nothing to rebuild
             self._shown_keys = keys
         super().bindings_changed(screen)
+
+    async def recompose(self) -> None:
+        await super().recompose()
+        prune_closed_watchers(self)
+
+
+def prune_closed_watchers(node) -> int:
+    """Drop the watchers of closed widgets from ``node``'s reactives (what Textual's
+    Reactive._check_watchers does, but only when a value changes); how many went."""
+    watchers = getattr(node, "__watchers", None)  # Textual's attribute, set by watch()
+    if not isinstance(watchers, dict):
+        return 0
+    dropped = 0
+    for entries in watchers.values():
+        keep = [(r, cb) for r, cb in entries if not getattr(r, "_closing", False)]
+        dropped += len(entries) - len(keep)
+        entries[:] = keep
+    return dropped
